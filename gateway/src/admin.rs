@@ -1,0 +1,229 @@
+//! The admin listener: `/metrics`, `/readyz`, and the `/api/*` calls behind the API key.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use publisher::wire::{ChannelName, EventName, Target, UserId, WireError};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::protocol::ErrorCode;
+use crate::{Node, http_error};
+
+/// Routes of the admin listener.
+pub fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/publish", post(publish))
+        .route("/publish/batch", post(publish_batch))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&node),
+            require_api_key,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(|| async { "ok" }))
+        .nest("/api", api)
+        .with_state(node)
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining",
+        );
+    }
+    if !node.bus_up() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus_down",
+            "bus is not connected",
+        );
+    }
+    Json(json!({"status": "ready"})).into_response()
+}
+
+async fn require_api_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(node.api_key.as_bytes())) {
+        next.run(request).await
+    } else {
+        http_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (Authorization: Bearer <GATEWAY_API_KEY>)",
+        )
+    }
+}
+
+/// The body of `POST /api/publish`: exactly one target, an event, its data.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    user: Option<String>,
+    client_type: Option<String>,
+    #[serde(default)]
+    broadcast: bool,
+    event: String,
+    data: Option<Box<RawValue>>,
+    exclude_client: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// A publish that could not be done, as an HTTP status and an error body.
+struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl From<WireError> for ApiError {
+    fn from(error: WireError) -> Self {
+        let code = match error {
+            WireError::InvalidChannel(_) => ErrorCode::InvalidChannel,
+            WireError::InvalidEvent(_) | WireError::ReservedEvent(_) => ErrorCode::InvalidEvent,
+            _ => ErrorCode::BadRequest,
+        };
+        Self::bad(code, error.to_string())
+    }
+}
+
+async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let outcome = match serde_json::from_slice::<PublishRequest>(&body) {
+        Ok(request) => publish_one(&node, request).await,
+        Err(error) => Err(ApiError::bad(
+            ErrorCode::BadRequest,
+            format!("invalid body: {error}"),
+        )),
+    };
+    match outcome {
+        Ok(reply) => Json(reply).into_response(),
+        Err(error) => (error.status, Json(error.body())).into_response(),
+    }
+}
+
+async fn publish_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let items: Vec<Box<RawValue>> = match serde_json::from_slice(&body) {
+        Ok(items) => items,
+        Err(error) => {
+            let message = format!("the body must be a JSON array of publish requests: {error}");
+            return http_error(StatusCode::BAD_REQUEST, "bad_request", &message);
+        }
+    };
+    let mut replies = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match serde_json::from_str::<PublishRequest>(item.get()) {
+            Ok(request) => publish_one(&node, request).await,
+            Err(error) => Err(ApiError::bad(
+                ErrorCode::BadRequest,
+                format!("invalid item: {error}"),
+            )),
+        };
+        replies.push(outcome.unwrap_or_else(|error| error.body()));
+    }
+    Json(replies).into_response()
+}
+
+async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiError> {
+    let targets = [
+        request.channel.is_some(),
+        request.channels.is_some(),
+        request.user.is_some(),
+        request.client_type.is_some(),
+        request.broadcast,
+    ];
+    if targets.iter().filter(|set| **set).count() != 1 {
+        return Err(ApiError::bad(
+            ErrorCode::BadRequest,
+            "name exactly one target: channel, channels, user, client_type or broadcast",
+        ));
+    }
+    if request.idempotency_key.is_some() {
+        return Err(ApiError::bad(
+            ErrorCode::NotAvailable,
+            "idempotency_key needs channel history, which this gateway does not keep yet",
+        ));
+    }
+    let event = EventName::parse(&request.event)?;
+    let data = request.data.as_deref();
+    let exclude = request.exclude_client.as_deref();
+    let publish = |target| node.hub.publish(target, &event, data, exclude);
+    let failed = |error: crate::broker::BrokerError| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: ErrorCode::Internal,
+        message: error.to_string(),
+    };
+    if let Some(names) = &request.channels {
+        if names.is_empty() {
+            return Err(ApiError::bad(ErrorCode::BadRequest, "channels is empty"));
+        }
+        let channels = names
+            .iter()
+            .map(|n| ChannelName::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut replies = Map::new();
+        for channel in &channels {
+            publish(Target::Channel(channel.as_str()))
+                .await
+                .map_err(failed)?;
+            replies.insert(channel.to_string(), json!({}));
+        }
+        return Ok(json!({ "channels": replies }));
+    }
+    let channel = match (&request.channel, &request.user) {
+        (Some(name), _) => Some(ChannelName::parse(name)?),
+        (_, Some(user)) => Some(ChannelName::personal(&UserId::parse(user)?)),
+        _ => None,
+    };
+    let client_type = request
+        .client_type
+        .as_deref()
+        .map(publisher::wire::ClientType::parse)
+        .transpose()?;
+    let target = match (&channel, &client_type) {
+        (Some(channel), _) => Target::Channel(channel.as_str()),
+        (_, Some(client_type)) => Target::ClientType(client_type.as_str()),
+        _ => Target::Broadcast,
+    };
+    publish(target).await.map_err(failed)?;
+    Ok(json!({}))
+}

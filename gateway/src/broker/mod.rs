@@ -1,0 +1,79 @@
+//! The bus between nodes: a small [`Broker`] trait with an in-memory and a Redis implementation.
+//!
+//! A broker moves opaque payloads between topics; it knows nothing of channels, users or
+//! clients. Received messages go into a bounded [`BusInbox`] that never waits: if the node falls
+//! that far behind, messages are dropped and counted rather than stalling the bus reader (Redis
+//! would otherwise disconnect the node for its output buffer).
+
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, watch};
+
+pub use memory::{MemoryBroker, MemoryBus};
+
+/// A boxed future, so that brokers can be used as `dyn Broker`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The bus is not connected.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The broker has shut down.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// A message received from the bus.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    /// The topic it was published on.
+    pub topic: String,
+    /// The payload, as published.
+    pub payload: Bytes,
+}
+
+/// The bus as a node sees it.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes `payload` on `topic` to every node subscribed to it.
+    fn publish(&self, topic: String, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Starts delivering `topic` to this node's inbox. The request is queued when this is
+    /// called, in order with [`Broker::unsubscribe`], so callers that decide under a lock keep
+    /// their order; the future resolves once the bus has confirmed the subscription.
+    fn subscribe(&self, topic: String) -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// Stops delivering `topic`, in call order with [`Broker::subscribe`].
+    fn unsubscribe(&self, topic: String);
+
+    /// Whether the bus is connected, now and as it changes.
+    fn status(&self) -> watch::Receiver<bool>;
+}
+
+/// Where a broker hands received messages to its node: bounded, and it never waits.
+#[derive(Clone)]
+pub struct BusInbox {
+    messages: mpsc::Sender<BusMessage>,
+    dropped: IntCounter,
+}
+
+impl BusInbox {
+    /// An inbox of `capacity` messages; `dropped` counts what did not fit.
+    pub fn new(capacity: usize, dropped: IntCounter) -> (Self, mpsc::Receiver<BusMessage>) {
+        let (messages, rx) = mpsc::channel(capacity);
+        (Self { messages, dropped }, rx)
+    }
+
+    /// Hands a message to the node, or drops and counts it if the node is that far behind.
+    pub fn deliver(&self, message: BusMessage) {
+        if self.messages.try_send(message).is_err() {
+            self.dropped.inc();
+        }
+    }
+}

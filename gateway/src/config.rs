@@ -1,0 +1,573 @@
+//! Configuration: command-line flags and `GATEWAY_*` variables over an optional TOML file over
+//! documented defaults, validated once at startup.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::auth::AuthSettings;
+
+/// A configuration that cannot be used, with a message that says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `GATEWAY_CONFIG`.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file named by `GATEWAY_CONFIG`.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or settings contradict each other.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Flags and environment variables. Every setting is optional here; defaults are applied in
+/// [`Config::load`] after the TOML file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "gateway", version, about = "Real-time WebSocket gateway")]
+pub struct Args {
+    /// TOML file with settings and namespaces.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Public listener: /ws and /healthz [default: 0.0.0.0:8080].
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener: /metrics, /readyz, /api/* [default: 0.0.0.0:9090].
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// redis:// or rediss:// URL of the bus; unset runs one node on the in-memory bus.
+    #[arg(long, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel [default: gw].
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// This node's id [default: hostname plus a random suffix].
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HMAC secret for HS256/384/512 tokens.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS*, PS*, ES256/384 or EdDSA tokens.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS document; the key is chosen by the token's `kid`.
+    #[arg(long, env = "GATEWAY_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `aud` claim.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` [default: 5s].
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY", value_parser = duration)]
+    pub jwt_leeway: Option<Duration>,
+    /// Key for the admin API (`Authorization: Bearer <key>`).
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Comma-separated origins browsers may connect from; unset allows any.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest inbound frame in bytes [default: 524288].
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Bytes queued for one connection before it is closed as a slow consumer [default: 1048576].
+    #[arg(long, env = "GATEWAY_OUTBOX_MAX_BYTES")]
+    pub outbox_max_bytes: Option<usize>,
+    /// Channels one connection may subscribe to [default: 128].
+    #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
+    pub max_channels_per_connection: Option<usize>,
+    /// Client frames per second per connection [default: 100].
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Burst of client frames above the rate [default: 200].
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Interval of server pings, and the interval advised to clients [default: 25s].
+    #[arg(long, env = "GATEWAY_HEARTBEAT_INTERVAL", value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// A connection silent this long is closed [default: 60s].
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Longest a shutdown waits for clients to be told and closed [default: 20s].
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", value_parser = duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Upper bound of the jittered `reconnect_after_ms` sent when draining [default: 5s].
+    #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_MAX", value_parser = duration)]
+    pub drain_reconnect_max: Option<Duration>,
+    /// Log format [default: text].
+    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: the same settings as [`Args`], in snake_case, plus namespaces.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    node_id: Option<String>,
+    jwt_public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    jwt_leeway: Option<Duration>,
+    allowed_origins: Option<Vec<String>>,
+    max_message_bytes: Option<usize>,
+    outbox_max_bytes: Option<usize>,
+    max_channels_per_connection: Option<usize>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    drain_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    drain_reconnect_max: Option<Duration>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    namespaces: HashMap<String, NamespaceConfig>,
+}
+
+/// Who may subscribe to a namespace's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    /// Any authenticated connection.
+    #[default]
+    Public,
+    /// Only connections whose token's `channels` patterns match the channel.
+    Claims,
+    /// No client; events reach it only through user-limited or personal channels.
+    None,
+}
+
+/// The rules of one namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Who may subscribe.
+    #[serde(default)]
+    pub subscribe: SubscribePolicy,
+    /// Whether clients may publish with the `publish` frame.
+    #[serde(default)]
+    pub client_publish: bool,
+    /// Whether presence is kept for the namespace's channels.
+    #[serde(default)]
+    pub presence: bool,
+    /// Whether subscribers get join and leave events.
+    #[serde(default)]
+    pub join_leave: bool,
+    /// Events kept per channel; 0 keeps no history.
+    #[serde(default)]
+    pub history_size: usize,
+    /// How long events are kept.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub history_ttl: Option<Duration>,
+}
+
+/// Namespaces by name; `default` and `personal` always exist.
+#[derive(Debug, Clone)]
+pub struct Namespaces(HashMap<String, NamespaceConfig>);
+
+impl Namespaces {
+    fn with_builtins(mut configured: HashMap<String, NamespaceConfig>) -> Self {
+        configured.entry("default".into()).or_default();
+        configured.entry("personal".into()).or_default();
+        Self(configured)
+    }
+
+    /// The rules of a namespace, if it is configured.
+    pub fn get(&self, namespace: &str) -> Option<&NamespaceConfig> {
+        self.0.get(namespace)
+    }
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self::with_builtins(HashMap::new())
+    }
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest inbound frame in bytes.
+    pub max_message_bytes: usize,
+    /// Bytes queued for one connection before it is closed with 4100.
+    pub outbox_max_bytes: usize,
+    /// Channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Client frames per second.
+    pub rate_limit_per_second: u32,
+    /// Burst of client frames above the rate.
+    pub rate_limit_burst: u32,
+}
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// The Redis bus, or `None` for the in-memory bus.
+    pub redis_url: Option<String>,
+    /// Prefix of Redis keys and channels.
+    pub redis_prefix: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Token verification settings.
+    pub auth: AuthSettings,
+    /// Admin API key; `None` together with no JWT key means development mode.
+    pub api_key: Option<String>,
+    /// Origins browsers may connect from; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Interval of server pings.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Longest a shutdown waits for clients.
+    pub drain_timeout: Duration,
+    /// Upper bound of the jittered reconnect delay sent when draining.
+    pub drain_reconnect_max: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Namespace rules.
+    pub namespaces: Namespaces,
+}
+
+impl Config {
+    /// Merges flags and environment over the TOML file over defaults, and validates the result.
+    pub fn load(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let config = Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            redis_url: args.redis_url.or(file.redis_url).filter(|u| !u.is_empty()),
+            redis_prefix: args
+                .redis_prefix
+                .or(file.redis_prefix)
+                .unwrap_or_else(|| "gw".into()),
+            node_id: args
+                .node_id
+                .or(file.node_id)
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(default_node_id),
+            auth: AuthSettings {
+                jwt_secret: args.jwt_secret,
+                jwt_public_key_file: args.jwt_public_key_file.or(file.jwt_public_key_file),
+                jwks_file: args.jwks_file.or(file.jwks_file),
+                audience: args.jwt_audience.or(file.jwt_audience),
+                issuer: args.jwt_issuer.or(file.jwt_issuer),
+                leeway: args
+                    .jwt_leeway
+                    .or(file.jwt_leeway)
+                    .unwrap_or(Duration::from_secs(5)),
+            },
+            api_key: args.api_key,
+            allowed_origins: args
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            limits: Limits {
+                max_message_bytes: args
+                    .max_message_bytes
+                    .or(file.max_message_bytes)
+                    .unwrap_or(512 * 1024),
+                outbox_max_bytes: args
+                    .outbox_max_bytes
+                    .or(file.outbox_max_bytes)
+                    .unwrap_or(1024 * 1024),
+                max_channels_per_connection: args
+                    .max_channels_per_connection
+                    .or(file.max_channels_per_connection)
+                    .unwrap_or(128),
+                rate_limit_per_second: args
+                    .rate_limit_per_second
+                    .or(file.rate_limit_per_second)
+                    .unwrap_or(100),
+                rate_limit_burst: args
+                    .rate_limit_burst
+                    .or(file.rate_limit_burst)
+                    .unwrap_or(200),
+            },
+            heartbeat_interval: args
+                .heartbeat_interval
+                .or(file.heartbeat_interval)
+                .unwrap_or(Duration::from_secs(25)),
+            idle_timeout: args
+                .idle_timeout
+                .or(file.idle_timeout)
+                .unwrap_or(Duration::from_secs(60)),
+            drain_timeout: args
+                .drain_timeout
+                .or(file.drain_timeout)
+                .unwrap_or(Duration::from_secs(20)),
+            drain_reconnect_max: args
+                .drain_reconnect_max
+                .or(file.drain_reconnect_max)
+                .unwrap_or(Duration::from_secs(5)),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            namespaces: Namespaces::with_builtins(file.namespaces),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Whether neither a JWT key nor an API key is configured.
+    pub fn is_development(&self) -> bool {
+        self.api_key.is_none()
+            && self.auth.jwt_secret.is_none()
+            && self.auth.jwt_public_key_file.is_none()
+            && self.auth.jwks_file.is_none()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return invalid(format!(
+                "GATEWAY_REDIS_URL must start with redis:// or rediss://, got {url:?}"
+            ));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces".into());
+        }
+        if self.auth.jwt_secret.as_deref() == Some("") {
+            return invalid("GATEWAY_JWT_SECRET is set but empty".into());
+        }
+        if self.api_key.as_deref() == Some("") {
+            return invalid("GATEWAY_API_KEY is set but empty".into());
+        }
+        if !self.is_development() {
+            let has_jwt_key = self.auth.jwt_secret.is_some()
+                || self.auth.jwt_public_key_file.is_some()
+                || self.auth.jwks_file.is_some();
+            if !has_jwt_key {
+                return invalid(
+                    "GATEWAY_API_KEY is set but no token key: set GATEWAY_JWT_SECRET, \
+                     GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE"
+                        .into(),
+                );
+            }
+            if self.api_key.is_none() {
+                return invalid(
+                    "a token key is set but GATEWAY_API_KEY is not: the admin API needs a key"
+                        .into(),
+                );
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_message_bytes < 1024 {
+            return invalid("GATEWAY_MAX_MESSAGE_BYTES must be at least 1024".into());
+        }
+        if limits.outbox_max_bytes < 16 * 1024 {
+            return invalid("GATEWAY_OUTBOX_MAX_BYTES must be at least 16384".into());
+        }
+        if limits.max_channels_per_connection == 0 {
+            return invalid("GATEWAY_MAX_CHANNELS_PER_CONNECTION must be at least 1".into());
+        }
+        if limits.rate_limit_per_second == 0 || limits.rate_limit_burst == 0 {
+            return invalid(
+                "GATEWAY_RATE_LIMIT_PER_SECOND and GATEWAY_RATE_LIMIT_BURST must be at least 1"
+                    .into(),
+            );
+        }
+        if self.heartbeat_interval < Duration::from_secs(1) {
+            return invalid("GATEWAY_HEARTBEAT_INTERVAL must be at least 1s".into());
+        }
+        if self.idle_timeout <= self.heartbeat_interval {
+            return invalid(format!(
+                "GATEWAY_IDLE_TIMEOUT ({}) must be longer than GATEWAY_HEARTBEAT_INTERVAL ({})",
+                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(self.heartbeat_interval)
+            ));
+        }
+        for (name, namespace) in &self.namespaces.0 {
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            if !valid_name {
+                return invalid(format!(
+                    "namespace {name:?}: names are [A-Za-z0-9_.-] (the part before ':')"
+                ));
+            }
+            if namespace.history_size > 0 && namespace.history_ttl.is_none() {
+                return invalid(format!(
+                    "namespace {name:?}: history_size needs history_ttl (e.g. \"10m\")"
+                ));
+            }
+            if namespace.join_leave && !namespace.presence {
+                return invalid(format!(
+                    "namespace {name:?}: join_leave needs presence = true"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.clone(),
+        source: Box::new(source),
+    })
+}
+
+fn default_node_id() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Serde helpers for optional humantime durations ("10m", "25s") in the TOML file.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn with_file(toml: &str) -> Result<Config, ConfigError> {
+        let path = std::env::temp_dir().join(format!("gw-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml).unwrap();
+        let args = Args {
+            config: Some(path.clone()),
+            ..Args::default()
+        };
+        let result = Config::load(args);
+        let _ = std::fs::remove_file(path);
+        result
+    }
+
+    #[test]
+    fn defaults_are_development_mode_on_the_spec_ports() {
+        let config = Config::load(Args::default()).unwrap();
+        assert!(config.is_development());
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.admin_listen.port(), 9090);
+        assert_eq!(config.limits.max_message_bytes, 524_288);
+        assert_eq!(config.redis_prefix, "gw");
+        assert!(config.namespaces.get("default").is_some());
+        assert!(config.namespaces.get("personal").is_some());
+    }
+
+    #[test]
+    fn namespaces_come_from_the_file_and_flags_win() {
+        let config = with_file(
+            r#"
+            max_channels_per_connection = 7
+            [namespaces.room]
+            subscribe = "claims"
+            client_publish = true
+            presence = true
+            history_size = 100
+            history_ttl = "10m"
+            "#,
+        )
+        .unwrap();
+        let room = config.namespaces.get("room").unwrap();
+        assert_eq!(room.subscribe, SubscribePolicy::Claims);
+        assert!(room.client_publish);
+        assert_eq!(room.history_ttl, Some(Duration::from_secs(600)));
+        assert_eq!(config.limits.max_channels_per_connection, 7);
+    }
+
+    #[test]
+    fn contradictions_are_refused_with_a_clear_message() {
+        let err = with_file("[namespaces.x]\nhistory_size = 5\n").unwrap_err();
+        assert!(err.to_string().contains("history_ttl"), "{err}");
+        let err = with_file("bogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let only_key = Args {
+            api_key: Some("k".into()),
+            ..Args::default()
+        };
+        assert!(
+            Config::load(only_key)
+                .unwrap_err()
+                .to_string()
+                .contains("token key")
+        );
+        let short_idle = Args {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Args::default()
+        };
+        assert!(Config::load(short_idle).is_err());
+    }
+}

@@ -1,0 +1,461 @@
+//! The hub: this node's connections and their subscriptions, and the fan-out of bus events.
+//!
+//! The hub subscribes the broker to a topic when its first local subscriber arrives and
+//! unsubscribes when the last one leaves, so a node receives only the traffic its own clients
+//! need, and empty channels are freed. Each bus event is decoded and encoded once here, then the
+//! same bytes are queued to every recipient's outbox without waiting.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use publisher::wire::{
+    ChannelName, ClientType, Envelope, EventName, Target, Topics, UserId, timestamp_now,
+};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::{Broker, BrokerError, BusMessage};
+use crate::metrics::Metrics;
+use crate::outbox::{OutFrame, Outbox, PushError};
+use crate::protocol::{self, CloseCode, ServerFrame};
+
+/// A connection's id, unique across the cluster.
+pub type ClientId = Arc<str>;
+
+/// A connection as the hub knows it.
+pub struct Connection {
+    /// The connection's id.
+    pub client_id: ClientId,
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// The client type from the token or `register`.
+    pub client_type: Option<ClientType>,
+    /// Where its frames go.
+    pub outbox: Outbox,
+}
+
+/// Why the hub refused a subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The connection is not (or no longer) in the hub.
+    #[error("connection is closed")]
+    UnknownClient,
+    /// The connection is at its channel limit.
+    #[error("at most {0} channels per connection")]
+    LimitExceeded(usize),
+    /// The bus did not confirm the subscription.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// How a bus subscription stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BusState {
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+struct Channel {
+    subscribers: HashMap<ClientId, Outbox>,
+    bus: watch::Receiver<BusState>,
+}
+
+struct Session {
+    user_id: UserId,
+    client_type: Option<ClientType>,
+    outbox: Outbox,
+    channels: HashSet<ChannelName>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<ClientId, Session>,
+    channels: HashMap<ChannelName, Channel>,
+    client_types: HashMap<ClientType, HashMap<ClientId, Outbox>>,
+    users: HashMap<UserId, usize>,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    topics: Topics,
+    metrics: Arc<Metrics>,
+    // A std mutex is right here: every critical section is a few map operations and
+    // non-blocking queue pushes, and none spans an await.
+    state: Mutex<State>,
+    session_count: watch::Sender<usize>,
+    malformed: AtomicU64,
+}
+
+/// The hub; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// A hub over `broker`, using `topics` to name bus topics.
+    pub fn new(broker: Arc<dyn Broker>, topics: Topics, metrics: Arc<Metrics>) -> Self {
+        let (session_count, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                broker,
+                topics,
+                metrics,
+                state: Mutex::new(State::default()),
+                session_count,
+                malformed: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a connection and subscribes it to its user's personal channel.
+    pub async fn connect(&self, connection: Connection) -> Result<(), HubError> {
+        let personal = ChannelName::personal(&connection.user_id);
+        let client_id = Arc::clone(&connection.client_id);
+        {
+            let mut state = self.state();
+            if state.sessions.is_empty() {
+                // Broadcasts are needed from the first connection on.
+                drop(self.inner.broker.subscribe(self.inner.topics.broadcast()));
+            }
+            if let Some(client_type) = &connection.client_type {
+                self.join_client_type(&mut state, &client_id, client_type, &connection.outbox);
+            }
+            let users = state.users.entry(connection.user_id.clone()).or_insert(0);
+            *users += 1;
+            state.sessions.insert(
+                Arc::clone(&client_id),
+                Session {
+                    user_id: connection.user_id,
+                    client_type: connection.client_type,
+                    outbox: connection.outbox,
+                    channels: HashSet::new(),
+                },
+            );
+            self.update_gauges(&state);
+        }
+        self.subscribe(&client_id, &personal, usize::MAX).await?;
+        Ok(())
+    }
+
+    /// Removes a connection and every subscription it had.
+    pub fn disconnect(&self, client_id: &str) {
+        let mut state = self.state();
+        let Some(session) = state.sessions.remove(client_id) else {
+            return;
+        };
+        for channel in &session.channels {
+            self.leave_channel(&mut state, client_id, channel);
+        }
+        if let Some(client_type) = &session.client_type {
+            self.leave_client_type(&mut state, client_id, client_type);
+        }
+        if let Entry::Occupied(mut users) = state.users.entry(session.user_id) {
+            *users.get_mut() -= 1;
+            if *users.get() == 0 {
+                users.remove();
+            }
+        }
+        if state.sessions.is_empty() {
+            self.inner.broker.unsubscribe(self.inner.topics.broadcast());
+        }
+        self.update_gauges(&state);
+    }
+
+    /// Subscribes a connection to a channel; `Ok(false)` if it already was. `max_channels`
+    /// counts the channels the client asked for, not its personal channel.
+    pub async fn subscribe(
+        &self,
+        client_id: &str,
+        channel: &ChannelName,
+        max_channels: usize,
+    ) -> Result<bool, HubError> {
+        let mut bus = {
+            let mut state = self.state();
+            let Some(session) = state.sessions.get_mut(client_id) else {
+                return Err(HubError::UnknownClient);
+            };
+            if session.channels.contains(channel) {
+                return Ok(false);
+            }
+            let requested = session.channels.iter().filter(|c| !c.is_personal()).count();
+            if !channel.is_personal() && requested >= max_channels {
+                return Err(HubError::LimitExceeded(max_channels));
+            }
+            session.channels.insert(channel.clone());
+            let outbox = session.outbox.clone();
+            let (key, _) = state
+                .sessions
+                .get_key_value(client_id)
+                .ok_or(HubError::UnknownClient)?;
+            let key = Arc::clone(key);
+            let bus = match state.channels.entry(channel.clone()) {
+                Entry::Occupied(mut entry) => {
+                    entry.get_mut().subscribers.insert(key, outbox);
+                    entry.get().bus.clone()
+                }
+                Entry::Vacant(entry) => {
+                    let confirm = self
+                        .inner
+                        .broker
+                        .subscribe(self.inner.topics.channel(channel.as_str()));
+                    let (tx, rx) = watch::channel(BusState::Pending);
+                    tokio::spawn(async move {
+                        let state = match confirm.await {
+                            Ok(()) => BusState::Ready,
+                            Err(e) => BusState::Failed(e.to_string()),
+                        };
+                        let _ = tx.send(state);
+                    });
+                    entry
+                        .insert(Channel {
+                            subscribers: HashMap::from([(key, outbox)]),
+                            bus: rx.clone(),
+                        })
+                        .bus
+                        .clone()
+                }
+            };
+            self.update_gauges(&state);
+            bus
+        };
+        let state = bus
+            .wait_for(|s| *s != BusState::Pending)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(BusState::Failed("subscription dropped".into()));
+        match state {
+            BusState::Failed(reason) => {
+                self.unsubscribe(client_id, channel);
+                Err(BrokerError::Unavailable(reason).into())
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
+    pub fn unsubscribe(&self, client_id: &str, channel: &ChannelName) -> bool {
+        let mut state = self.state();
+        let removed = state
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.channels.remove(channel));
+        if removed {
+            self.leave_channel(&mut state, client_id, channel);
+            self.update_gauges(&state);
+        }
+        removed
+    }
+
+    /// Sets a connection's client type, moving it between client-type topics.
+    pub fn set_client_type(&self, client_id: &str, client_type: ClientType) {
+        let mut state = self.state();
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return;
+        };
+        let previous = session.client_type.replace(client_type.clone());
+        let outbox = session.outbox.clone();
+        if previous.as_ref() == Some(&client_type) {
+            return;
+        }
+        let Some((key, _)) = state.sessions.get_key_value(client_id) else {
+            return;
+        };
+        let key = Arc::clone(key);
+        if let Some(previous) = previous {
+            self.leave_client_type(&mut state, client_id, &previous);
+        }
+        self.join_client_type(&mut state, &key, &client_type, &outbox);
+    }
+
+    fn join_client_type(
+        &self,
+        state: &mut State,
+        client_id: &ClientId,
+        client_type: &ClientType,
+        outbox: &Outbox,
+    ) {
+        let members = state.client_types.entry(client_type.clone()).or_default();
+        if members.is_empty() {
+            let topic = self.inner.topics.client_type(client_type.as_str());
+            drop(self.inner.broker.subscribe(topic));
+        }
+        members.insert(Arc::clone(client_id), outbox.clone());
+    }
+
+    fn leave_client_type(&self, state: &mut State, client_id: &str, client_type: &ClientType) {
+        if let Entry::Occupied(mut members) = state.client_types.entry(client_type.clone()) {
+            members.get_mut().remove(client_id);
+            if members.get().is_empty() {
+                members.remove();
+                let topic = self.inner.topics.client_type(client_type.as_str());
+                self.inner.broker.unsubscribe(topic);
+            }
+        }
+    }
+
+    fn leave_channel(&self, state: &mut State, client_id: &str, channel: &ChannelName) {
+        if let Entry::Occupied(mut entry) = state.channels.entry(channel.clone()) {
+            entry.get_mut().subscribers.remove(client_id);
+            if entry.get().subscribers.is_empty() {
+                entry.remove();
+                let topic = self.inner.topics.channel(channel.as_str());
+                self.inner.broker.unsubscribe(topic);
+            }
+        }
+    }
+
+    fn update_gauges(&self, state: &State) {
+        let metrics = &self.inner.metrics;
+        metrics.connections.set(gauge_value(state.sessions.len()));
+        metrics.users.set(gauge_value(state.users.len()));
+        metrics.channels.set(gauge_value(state.channels.len()));
+        let subscriptions: usize = state.channels.values().map(|c| c.subscribers.len()).sum();
+        metrics.subscriptions.set(gauge_value(subscriptions));
+        self.inner.session_count.send_replace(state.sessions.len());
+    }
+
+    /// Publishes an event through the bus to every node.
+    pub async fn publish(
+        &self,
+        target: Target<'_>,
+        event: &EventName,
+        data: Option<&RawValue>,
+        exclude_client: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let (channel, client_type, broadcast) = match target {
+            Target::Channel(c) => (Some(c.into()), None, false),
+            Target::ClientType(t) => (None, Some(t.into()), false),
+            Target::Broadcast => (None, None, true),
+        };
+        let envelope = Envelope {
+            channel,
+            client_type,
+            broadcast,
+            event: event.as_str().into(),
+            data,
+            timestamp: timestamp_now().into(),
+            exclude_client: exclude_client.map(Into::into),
+            offset: None,
+            epoch: None,
+        };
+        let topic = self.inner.topics.for_target(target);
+        self.inner
+            .broker
+            .publish(topic, envelope.encode().into())
+            .await
+    }
+
+    /// Delivers bus messages to local connections until the bus inbox closes.
+    pub async fn run_dispatch(self, mut inbox: mpsc::Receiver<BusMessage>) {
+        while let Some(message) = inbox.recv().await {
+            self.dispatch(&message);
+        }
+    }
+
+    /// Fans one bus message out to the local connections it targets.
+    pub fn dispatch(&self, message: &BusMessage) {
+        let metrics = &self.inner.metrics;
+        metrics.bus_messages_received.inc();
+        let envelope = match Envelope::decode(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                metrics
+                    .messages_dropped
+                    .with_label_values(&["malformed"])
+                    .inc();
+                let seen = self.inner.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen.is_power_of_two() {
+                    tracing::warn!(topic = %message.topic, %error, seen, "malformed bus messages dropped");
+                }
+                return;
+            }
+        };
+        let frame = OutFrame {
+            bytes: protocol::encode_event(&envelope),
+            published_at: humantime::parse_rfc3339(&envelope.timestamp).ok(),
+        };
+        let exclude = envelope.exclude_client.as_deref();
+        let state = self.state();
+        let recipients: Box<dyn Iterator<Item = (&ClientId, &Outbox)>> = match envelope.target() {
+            Ok(Target::Channel(name)) => match state.channels.get(name) {
+                Some(channel) => Box::new(channel.subscribers.iter()),
+                None => return,
+            },
+            Ok(Target::ClientType(name)) => match state.client_types.get(name) {
+                Some(members) => Box::new(members.iter()),
+                None => return,
+            },
+            Ok(Target::Broadcast) => Box::new(state.sessions.iter().map(|(id, s)| (id, &s.outbox))),
+            Err(_) => return,
+        };
+        for (client_id, outbox) in recipients {
+            if exclude == Some(client_id.as_ref()) {
+                continue;
+            }
+            match outbox.push(frame.clone()) {
+                Ok(()) => {}
+                Err(PushError::Overflow) => {
+                    metrics
+                        .messages_dropped
+                        .with_label_values(&["slow_consumer"])
+                        .inc();
+                    tracing::info!(client_id = %client_id, "outbox full: closing slow consumer");
+                }
+                Err(PushError::Closed) => {
+                    metrics
+                        .messages_dropped
+                        .with_label_values(&["closing"])
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Tells every connection to reconnect elsewhere after a jittered delay of at most
+    /// `reconnect_max`, then closes it with 4200. Returns how many were told.
+    pub fn drain(&self, reconnect_max: Duration) -> usize {
+        let state = self.state();
+        let max_ms = u64::try_from(reconnect_max.as_millis()).unwrap_or(u64::MAX);
+        for session in state.sessions.values() {
+            let delay = if max_ms == 0 {
+                0
+            } else {
+                rand::random_range(0..=max_ms)
+            };
+            let frame = ServerFrame::Disconnect {
+                code: CloseCode::ShuttingDown.code(),
+                reconnect_after_ms: delay,
+            };
+            let _ = session.outbox.push(OutFrame::reply(frame.encode(None)));
+            session.outbox.close(CloseCode::ShuttingDown);
+        }
+        state.sessions.len()
+    }
+
+    /// Waits until no connection is left.
+    pub async fn wait_empty(&self) {
+        let mut count = self.inner.session_count.subscribe();
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+
+    /// Connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.state().sessions.len()
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

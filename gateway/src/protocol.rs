@@ -1,0 +1,416 @@
+//! The client protocol: frames in both directions, error codes and close codes.
+//!
+//! Every frame is a JSON text frame. Client frames may carry an `id` (number or string) that the
+//! reply echoes. Event frames are encoded here once per node and shared by every recipient.
+
+use std::collections::BTreeMap;
+
+use axum::extract::ws::Utf8Bytes;
+use publisher::wire::Envelope;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A WebSocket close code of the contract, grouped by what the client should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// Normal closure: stop.
+    Normal = 1000,
+    /// The connection was silent past the idle timeout: reconnect.
+    GoingAway = 1001,
+    /// An inbound frame was over the size limit: fix the client.
+    MessageTooBig = 1009,
+    /// Internal error: reconnect with backoff.
+    Internal = 1011,
+    /// Token invalid: stop until there is a new token.
+    TokenInvalid = 4001,
+    /// Token expired: refresh, then reconnect.
+    TokenExpired = 4002,
+    /// Protocol abuse: stop.
+    ProtocolAbuse = 4003,
+    /// Disconnected by an operator: stop.
+    OperatorDisconnect = 4004,
+    /// Outgoing queue over its limit: reconnect with backoff and recover.
+    SlowConsumer = 4100,
+    /// Rate limited: reconnect with backoff.
+    RateLimited = 4101,
+    /// Too many connections for this user: reconnect with backoff.
+    TooManyConnections = 4102,
+    /// Node shutting down: reconnect after the advised delay and recover.
+    ShuttingDown = 4200,
+}
+
+impl CloseCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The reason text sent in the close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::GoingAway => "idle timeout",
+            Self::MessageTooBig => "message too big",
+            Self::Internal => "internal error",
+            Self::TokenInvalid => "token invalid",
+            Self::TokenExpired => "token expired",
+            Self::ProtocolAbuse => "protocol abuse",
+            Self::OperatorDisconnect => "disconnected by operator",
+            Self::SlowConsumer => "slow consumer",
+            Self::RateLimited => "rate limited",
+            Self::TooManyConnections => "too many connections",
+            Self::ShuttingDown => "node shutting down",
+        }
+    }
+
+    /// The code as a metrics label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "1000",
+            Self::GoingAway => "1001",
+            Self::MessageTooBig => "1009",
+            Self::Internal => "1011",
+            Self::TokenInvalid => "4001",
+            Self::TokenExpired => "4002",
+            Self::ProtocolAbuse => "4003",
+            Self::OperatorDisconnect => "4004",
+            Self::SlowConsumer => "4100",
+            Self::RateLimited => "4101",
+            Self::TooManyConnections => "4102",
+            Self::ShuttingDown => "4200",
+        }
+    }
+}
+
+/// The `code` of an `error` frame or of a rejected subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Invalid JSON, a wrong shape, a missing field or a binary frame.
+    BadRequest,
+    /// A frame `type` the server does not know.
+    UnknownType,
+    /// A channel name outside the allowed charset or length.
+    InvalidChannel,
+    /// A channel whose namespace is not configured.
+    UnknownNamespace,
+    /// Not allowed for this connection.
+    Forbidden,
+    /// A per-connection limit was reached.
+    LimitExceeded,
+    /// An invalid or reserved event name.
+    InvalidEvent,
+    /// Too many frames; more will close the connection with 4101.
+    RateLimited,
+    /// A token was refused.
+    Unauthorized,
+    /// The feature is not enabled where it was asked for.
+    NotAvailable,
+    /// The server failed; try again.
+    Internal,
+}
+
+/// A client frame's `id`, echoed verbatim in the reply.
+pub type RequestId = Box<RawValue>;
+
+/// A client frame that has been parsed and checked for shape.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Authenticate a connection opened without a token.
+    Auth {
+        /// The JWT.
+        token: String,
+    },
+    /// Set the client type (and a display name).
+    Register {
+        /// The client type, e.g. `gui`.
+        client_type: String,
+        /// A free-form display name.
+        #[serde(default)]
+        client_name: Option<String>,
+    },
+    /// Subscribe to channels.
+    Subscribe {
+        /// Channel names.
+        channels: Vec<String>,
+        /// Positions to recover from, per channel.
+        #[serde(default)]
+        since: Option<BTreeMap<String, serde_json::Value>>,
+    },
+    /// Unsubscribe from channels.
+    Unsubscribe {
+        /// Channel names.
+        channels: Vec<String>,
+    },
+    /// Application-level ping.
+    Ping,
+    /// Application-level ping (alias).
+    Heartbeat,
+    /// Replace the connection's token before it expires.
+    Refresh {
+        /// The new JWT, for the same user.
+        token: String,
+    },
+    /// Read a channel's history.
+    History {
+        /// The channel.
+        channel: String,
+    },
+    /// Read a channel's presence.
+    Presence {
+        /// The channel.
+        channel: String,
+    },
+    /// Publish an event to a channel whose namespace allows client publishing.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The event name.
+        event: String,
+        /// The payload.
+        #[serde(default)]
+        data: Option<Box<RawValue>>,
+    },
+}
+
+const CLIENT_FRAME_TYPES: &[&str] = &[
+    "auth",
+    "register",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "heartbeat",
+    "refresh",
+    "history",
+    "presence",
+    "publish",
+];
+
+/// A client frame that could not be used, with the `id` to answer to when there was one.
+#[derive(Debug)]
+pub struct FrameError {
+    /// The request id, if the frame carried a usable one.
+    pub id: Option<RequestId>,
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// A message for the client's developer.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct FrameHead<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<Box<RawValue>>,
+}
+
+/// Parses a client text frame into its request id and frame.
+pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientFrame), FrameError> {
+    let bad = |id, code, message: String| FrameError { id, code, message };
+    let head: FrameHead<'_> = serde_json::from_str(text).map_err(|e| {
+        bad(
+            None,
+            ErrorCode::BadRequest,
+            format!("invalid JSON frame: {e}"),
+        )
+    })?;
+    let id = head.id.filter(|id| {
+        let raw = id.get();
+        raw.starts_with('"')
+            || raw.starts_with('-')
+            || raw.starts_with(|c: char| c.is_ascii_digit())
+    });
+    let Some(kind) = head.kind else {
+        return Err(bad(
+            id,
+            ErrorCode::BadRequest,
+            "missing field `type`".into(),
+        ));
+    };
+    if !CLIENT_FRAME_TYPES.contains(&kind.as_ref()) {
+        return Err(bad(
+            id,
+            ErrorCode::UnknownType,
+            format!("unknown frame type {kind:?}"),
+        ));
+    }
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => Ok((id, frame)),
+        Err(e) => Err(bad(
+            id,
+            ErrorCode::BadRequest,
+            format!("invalid {kind} frame: {e}"),
+        )),
+    }
+}
+
+/// A subscription the server refused, as listed in `subscribed.rejected`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// The channel as the client named it.
+    pub channel: String,
+    /// Why.
+    pub code: ErrorCode,
+    /// A message for the client's developer.
+    pub message: String,
+}
+
+/// A frame the server sends in reply to a client frame or on its own.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// The first frame after authentication.
+    ConnectionEstablished {
+        /// This connection's id.
+        client_id: &'a str,
+        /// The authenticated user.
+        user_id: &'a str,
+        /// The node holding the connection.
+        node_id: &'a str,
+        /// How often the client should send `ping`.
+        heartbeat_interval_ms: u64,
+        /// Server time, RFC 3339.
+        timestamp: String,
+    },
+    /// Reply to `register`.
+    Registered {
+        /// This connection's id.
+        client_id: &'a str,
+    },
+    /// Reply to `subscribe`.
+    Subscribed {
+        /// Channels now subscribed.
+        channels: Vec<String>,
+        /// Channels refused, with the reason.
+        rejected: Vec<Rejection>,
+    },
+    /// Reply to `unsubscribe`.
+    Unsubscribed {
+        /// Channels no longer subscribed.
+        channels: Vec<String>,
+    },
+    /// Reply to `ping` and `heartbeat`.
+    Pong,
+    /// Reply to `refresh`.
+    Refreshed {
+        /// When the new token expires, RFC 3339.
+        expires_at: String,
+    },
+    /// Reply to `publish`.
+    Published {},
+    /// A frame was refused.
+    Error {
+        /// What kind of error.
+        code: ErrorCode,
+        /// A message for the client's developer.
+        message: &'a str,
+    },
+    /// Sent before the server closes the connection with 4200.
+    Disconnect {
+        /// The close code that follows.
+        code: u16,
+        /// How long to wait before reconnecting.
+        reconnect_after_ms: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(flatten)]
+    frame: &'a ServerFrame<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+}
+
+impl ServerFrame<'_> {
+    /// Encodes the frame, echoing `id` when the client sent one.
+    pub fn encode(&self, id: Option<&RawValue>) -> Utf8Bytes {
+        // These frames hold strings, numbers and raw JSON only, so serialisation cannot fail.
+        Utf8Bytes::from(serde_json::to_string(&Reply { frame: self, id }).unwrap_or_default())
+    }
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    timestamp: &'a str,
+    data: &'a RawValue,
+}
+
+const NULL: &str = "null";
+
+/// Encodes a bus event as the frame clients receive: once per node, shared by all recipients.
+pub fn encode_event(envelope: &Envelope<'_>) -> Utf8Bytes {
+    let null: &RawValue = serde_json::from_str(NULL).unwrap_or_else(|_| unreachable!());
+    let frame = EventFrame {
+        event: &envelope.event,
+        channel: envelope.channel.as_deref(),
+        offset: envelope.offset,
+        epoch: envelope.epoch.as_deref(),
+        timestamp: &envelope.timestamp,
+        data: envelope.data.unwrap_or(null),
+    };
+    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_with_their_id() {
+        let (id, frame) = parse_client_frame(r#"{"type":"ping","id":7}"#).unwrap();
+        assert_eq!(id.unwrap().get(), "7");
+        assert!(matches!(frame, ClientFrame::Ping));
+        let (id, frame) =
+            parse_client_frame(r#"{"id":"a","type":"subscribe","channels":["x"]}"#).unwrap();
+        assert_eq!(id.unwrap().get(), r#""a""#);
+        assert!(matches!(frame, ClientFrame::Subscribe { channels, .. } if channels == ["x"]));
+    }
+
+    #[test]
+    fn bad_frames_get_a_code_and_keep_the_id() {
+        let err = parse_client_frame("{nope").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let err = parse_client_frame(r#"{"type":"dance","id":1}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownType);
+        assert_eq!(err.id.unwrap().get(), "1");
+        let err = parse_client_frame(r#"{"type":"subscribe","id":2}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("channels"), "{}", err.message);
+        let err = parse_client_frame(r#"{"id":3}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let err = parse_client_frame(r#"[1,2]"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn replies_echo_the_id() {
+        let id: Box<RawValue> = serde_json::from_str(r#""req-1""#).unwrap();
+        let bytes = ServerFrame::Pong.encode(Some(&id));
+        assert_eq!(bytes.as_str(), r#"{"type":"pong","id":"req-1"}"#);
+    }
+
+    #[test]
+    fn events_have_the_spec_shape() {
+        let bus = br#"{"channel":"jobs","event":"job_progress","data":{"p":45.5},"timestamp":"2026-11-22T10:00:01.123Z","offset":42,"epoch":"e"}"#;
+        let envelope = Envelope::decode(bus).unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&encode_event(&envelope)).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"type":"job_progress","channel":"jobs","offset":42,"epoch":"e",
+                "timestamp":"2026-11-22T10:00:01.123Z","data":{"p":45.5}})
+        );
+    }
+}

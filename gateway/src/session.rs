@@ -1,0 +1,559 @@
+//! One client connection: authentication by first frame, the frame loop, limits, heartbeats,
+//! token expiry, and batched writes from the outbox.
+//!
+//! A session is one task that owns its socket: it waits on the outbox, the socket, the heartbeat
+//! and the token's expiry at once, and writes every frame that is queued with one flush.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use publisher::wire::{ChannelName, ClientType, EventName, Target};
+use serde_json::value::RawValue;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+
+use crate::Node;
+use crate::access::{self, Grant};
+use crate::auth::Claims;
+use crate::hub::{ClientId, Connection, HubError};
+use crate::outbox::{CloseSignal, OutFrame, Outbox, OutboxReceiver, outbox};
+use crate::protocol::{
+    ClientFrame, CloseCode, ErrorCode, FrameError, Rejection, RequestId, ServerFrame,
+    parse_client_frame,
+};
+use crate::rate::{Strikes, TokenBucket};
+
+/// How long a connection opened without a token has to send its `auth` frame.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames written per flush at most, so one busy connection cannot starve its own reads.
+const MAX_BATCH: u64 = 64;
+/// How long a close frame may take to reach a slow client.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refused frames in one flood before 4101.
+const RATE_STRIKES: u32 = 50;
+/// Bad frames within [`BAD_FRAME_WINDOW`] before 4003.
+const BAD_FRAME_STRIKES: u32 = 10;
+const BAD_FRAME_WINDOW: Duration = Duration::from_secs(10);
+
+/// How a connection ended, for metrics.
+enum Ending {
+    /// The server closed it with a code of the contract.
+    Closed(CloseCode),
+    /// The client closed it, or the socket failed.
+    ByClient(&'static str),
+}
+
+/// Serves an upgraded socket. `claims` is `None` when the token must come in an `auth` frame.
+pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>) {
+    let claims = match claims {
+        Some(claims) => claims,
+        None => match first_frame_auth(&node, &mut socket).await {
+            Ok(claims) => claims,
+            Err(code) => {
+                node.metrics
+                    .disconnections
+                    .with_label_values(&[code.label()])
+                    .inc();
+                close_socket(&mut socket, code).await;
+                return;
+            }
+        },
+    };
+    let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
+    let (tx, rx) = outbox(node.config.limits.outbox_max_bytes);
+    let established = ServerFrame::ConnectionEstablished {
+        client_id: &client_id,
+        user_id: claims.user_id.as_str(),
+        node_id: &node.config.node_id,
+        heartbeat_interval_ms: millis(node.config.heartbeat_interval),
+        timestamp: publisher::wire::timestamp_now(),
+    };
+    let _ = tx.push(OutFrame::reply(established.encode(None)));
+    let connection = Connection {
+        client_id: Arc::clone(&client_id),
+        user_id: claims.user_id.clone(),
+        client_type: claims.client_type.clone(),
+        outbox: tx.clone(),
+    };
+    if let Err(error) = node.hub.connect(connection).await {
+        tracing::warn!(%error, "could not register connection");
+        node.hub.disconnect(&client_id);
+        node.metrics
+            .disconnections
+            .with_label_values(&[CloseCode::Internal.label()])
+            .inc();
+        close_socket(&mut socket, CloseCode::Internal).await;
+        return;
+    }
+    node.metrics.connections_accepted.inc();
+    tracing::debug!(client_id = %client_id, user_id = %claims.user_id, "connected");
+
+    let limits = &node.config.limits;
+    let mut session = Session {
+        rate: TokenBucket::new(limits.rate_limit_per_second, limits.rate_limit_burst),
+        rate_strikes: Strikes::new(RATE_STRIKES, None),
+        bad_frames: Strikes::new(BAD_FRAME_STRIKES, Some(BAD_FRAME_WINDOW)),
+        close_signal: rx.close_signal(),
+        node: Arc::clone(&node),
+        client_id: Arc::clone(&client_id),
+        claims,
+        socket,
+        outbox: tx,
+        inbox: rx,
+        last_seen: Instant::now(),
+    };
+    let ending = session.serve().await;
+    node.hub.disconnect(&client_id);
+    let label = match ending {
+        Ending::Closed(code) => code.label(),
+        Ending::ByClient(label) => label,
+    };
+    node.metrics
+        .disconnections
+        .with_label_values(&[label])
+        .inc();
+    tracing::debug!(client_id = %client_id, code = label, "disconnected");
+}
+
+/// Waits for `{"type":"auth","token":…}` as the first frame.
+async fn first_frame_auth(node: &Node, socket: &mut WebSocket) -> Result<Claims, CloseCode> {
+    let reject = |reason: &'static str| {
+        node.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
+        CloseCode::TokenInvalid
+    };
+    let message = match timeout(AUTH_TIMEOUT, socket.recv()).await {
+        Err(_) => return Err(reject("auth_timeout")),
+        Ok(None | Some(Err(_))) => return Err(reject("auth_frame")),
+        Ok(Some(Ok(message))) => message,
+    };
+    let Message::Text(text) = message else {
+        return Err(reject("auth_frame"));
+    };
+    let Ok((_, ClientFrame::Auth { token })) = parse_client_frame(&text) else {
+        return Err(reject("auth_frame"));
+    };
+    node.auth.verify(&token).map_err(|error| {
+        tracing::debug!(%error, "auth frame refused");
+        reject(error.reason())
+    })
+}
+
+struct Session {
+    node: Arc<Node>,
+    client_id: ClientId,
+    claims: Claims,
+    socket: WebSocket,
+    outbox: Outbox,
+    inbox: OutboxReceiver,
+    close_signal: CloseSignal,
+    rate: TokenBucket,
+    rate_strikes: Strikes,
+    bad_frames: Strikes,
+    last_seen: Instant,
+}
+
+impl Session {
+    async fn serve(&mut self) -> Ending {
+        let heartbeat = self.node.config.heartbeat_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let close_signal = self.inbox.close_signal();
+        let ending = loop {
+            let expiry = self.expiry_deadline();
+            tokio::select! {
+                biased;
+                code = close_signal.closing() => break Ending::Closed(code),
+                frame = self.inbox.recv() => match frame {
+                    Some(frame) => {
+                        if let Err(ending) = self.write_batch(frame).await {
+                            break ending;
+                        }
+                    }
+                    None => break Ending::Closed(CloseCode::Internal),
+                },
+                message = self.socket.recv() => {
+                    self.last_seen = Instant::now();
+                    match message {
+                        Some(Ok(message)) => {
+                            if let Some(ending) = self.on_message(message).await {
+                                break ending;
+                            }
+                        }
+                        Some(Err(error)) => break ending_for_read_error(&error),
+                        None => break Ending::ByClient("1006"),
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > self.node.config.idle_timeout {
+                        break Ending::Closed(CloseCode::GoingAway);
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break Ending::ByClient("1006");
+                    }
+                }
+                _ = sleep_until(expiry) => break Ending::Closed(CloseCode::TokenExpired),
+            }
+        };
+        if let Ending::Closed(code) = ending {
+            self.outbox.close(code);
+            close_socket(&mut self.socket, code).await;
+        }
+        ending
+    }
+
+    fn expiry_deadline(&self) -> Instant {
+        let leeway = self.node.config.auth.leeway;
+        let left = self
+            .claims
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Instant::now() + left + leeway
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_batch(&mut self, first: OutFrame) -> Result<(), Ending> {
+        let metrics = &self.node.metrics;
+        let mut next = Some(first);
+        let mut written: u64 = 0;
+        while let Some(frame) = next.take() {
+            if let Some(published_at) = frame.published_at
+                && let Ok(latency) = SystemTime::now().duration_since(published_at)
+            {
+                metrics.delivery_latency.observe(latency.as_secs_f64());
+            }
+            if self.socket.feed(Message::Text(frame.bytes)).await.is_err() {
+                return Err(Ending::ByClient("1006"));
+            }
+            written += 1;
+            if written < MAX_BATCH {
+                next = self.inbox.try_recv();
+            }
+        }
+        metrics.messages_sent.inc_by(written);
+        let write_timeout = self.node.config.idle_timeout;
+        tokio::select! {
+            result = timeout(write_timeout, self.socket.flush()) => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) | Err(_) => Err(Ending::ByClient("1006")),
+            },
+            code = self.close_signal.closing() => Err(Ending::Closed(code)),
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Option<Ending> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.count_frame("binary");
+                if !self.admit_rate() {
+                    return self.rate_limited();
+                }
+                let error = FrameError {
+                    id: None,
+                    code: ErrorCode::BadRequest,
+                    message: "binary frames are not supported; send JSON text frames".into(),
+                };
+                return self.bad_frame(error);
+            }
+            // Pongs only prove liveness; tungstenite answers pings itself on the next flush.
+            Message::Ping(_) | Message::Pong(_) => {
+                return self
+                    .socket
+                    .flush()
+                    .await
+                    .err()
+                    .map(|_| Ending::ByClient("1006"));
+            }
+            Message::Close(frame) => {
+                let label = match frame.map(|f| f.code) {
+                    Some(1000) | None => "1000",
+                    Some(1001) => "1001",
+                    Some(_) => "client_other",
+                };
+                return Some(Ending::ByClient(label));
+            }
+        };
+        if !self.admit_rate() {
+            self.count_frame("rate_limited");
+            return self.rate_limited();
+        }
+        match parse_client_frame(&text) {
+            Ok((id, frame)) => {
+                self.count_frame(frame_label(&frame));
+                self.handle(id, frame).await
+            }
+            Err(error) => {
+                self.count_frame("invalid");
+                self.bad_frame(error)
+            }
+        }
+    }
+
+    fn count_frame(&self, label: &str) {
+        self.node
+            .metrics
+            .client_frames_received
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    fn admit_rate(&mut self) -> bool {
+        if self.rate.take() {
+            if self.rate.is_full() {
+                self.rate_strikes.reset();
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    fn rate_limited(&mut self) -> Option<Ending> {
+        let strike = self.rate_strikes.strike();
+        if strike.first {
+            self.reply_error(None, ErrorCode::RateLimited, "too many frames: slow down");
+        }
+        if strike.out {
+            tracing::info!(client_id = %self.client_id, "rate limit exceeded: closing");
+            return Some(Ending::Closed(CloseCode::RateLimited));
+        }
+        None
+    }
+
+    fn bad_frame(&mut self, error: FrameError) -> Option<Ending> {
+        self.reply_error(error.id.as_deref(), error.code, &error.message);
+        if self.bad_frames.strike().out {
+            tracing::info!(client_id = %self.client_id, "repeated bad frames: closing");
+            return Some(Ending::Closed(CloseCode::ProtocolAbuse));
+        }
+        None
+    }
+
+    fn reply(&self, id: Option<&RawValue>, frame: ServerFrame<'_>) {
+        let _ = self.outbox.push(OutFrame::reply(frame.encode(id)));
+    }
+
+    fn reply_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        self.reply(id, ServerFrame::Error { code, message });
+    }
+
+    fn grant(&self) -> Grant<'_> {
+        Grant {
+            user_id: &self.claims.user_id,
+            patterns: &self.claims.channels,
+        }
+    }
+
+    async fn handle(&mut self, id: Option<RequestId>, frame: ClientFrame) -> Option<Ending> {
+        let id = id.as_deref();
+        match frame {
+            ClientFrame::Ping | ClientFrame::Heartbeat => self.reply(id, ServerFrame::Pong),
+            ClientFrame::Auth { .. } => {
+                self.reply_error(id, ErrorCode::BadRequest, "already authenticated")
+            }
+            ClientFrame::Register {
+                client_type,
+                client_name: _,
+            } => match ClientType::parse(&client_type) {
+                Ok(client_type) => {
+                    self.node.hub.set_client_type(&self.client_id, client_type);
+                    let client_id = Arc::clone(&self.client_id);
+                    self.reply(
+                        id,
+                        ServerFrame::Registered {
+                            client_id: &client_id,
+                        },
+                    );
+                }
+                Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
+            },
+            ClientFrame::Subscribe { channels, since: _ } => self.subscribe(id, channels).await,
+            ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels),
+            ClientFrame::Refresh { token } => self.refresh(id, &token),
+            ClientFrame::History { channel } | ClientFrame::Presence { channel } => {
+                let message = format!("not available on channel {channel}");
+                self.reply_error(id, ErrorCode::NotAvailable, &message)
+            }
+            ClientFrame::Publish {
+                channel,
+                event,
+                data,
+            } => self.publish(id, &channel, &event, data.as_deref()).await,
+        }
+        None
+    }
+
+    async fn subscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
+        let max = self.node.config.limits.max_channels_per_connection;
+        let mut channels = Vec::new();
+        let mut rejected = Vec::new();
+        for name in dedup(requested) {
+            let reject = |code, message: String| Rejection {
+                channel: name.clone(),
+                code,
+                message,
+            };
+            let channel = match ChannelName::parse(&name) {
+                Ok(channel) => channel,
+                Err(error) => {
+                    rejected.push(reject(ErrorCode::InvalidChannel, error.to_string()));
+                    continue;
+                }
+            };
+            if let Err(denied) =
+                access::may_subscribe(&self.node.config.namespaces, &self.grant(), &channel)
+            {
+                rejected.push(reject(denied.code, denied.message));
+                continue;
+            }
+            match self
+                .node
+                .hub
+                .subscribe(&self.client_id, &channel, max)
+                .await
+            {
+                Ok(_) => channels.push(name),
+                Err(HubError::LimitExceeded(max)) => rejected.push(reject(
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max} channels per connection"),
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "subscription failed");
+                    rejected.push(reject(ErrorCode::Internal, error.to_string()));
+                }
+            }
+        }
+        self.reply(id, ServerFrame::Subscribed { channels, rejected });
+    }
+
+    fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
+        let mut channels = Vec::new();
+        for name in dedup(requested) {
+            match ChannelName::parse(&name) {
+                // A connection always stays on its personal channel.
+                Ok(channel) if channel.is_personal() => {}
+                Ok(channel) => {
+                    self.node.hub.unsubscribe(&self.client_id, &channel);
+                    channels.push(name);
+                }
+                Err(_) => {}
+            }
+        }
+        self.reply(id, ServerFrame::Unsubscribed { channels });
+    }
+
+    fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
+        match self.node.auth.verify(token) {
+            Ok(claims) if claims.user_id == self.claims.user_id => {
+                let expires_at = humantime::format_rfc3339_millis(claims.expires_at).to_string();
+                self.claims = claims;
+                self.reply(id, ServerFrame::Refreshed { expires_at });
+            }
+            Ok(_) => self.reply_error(id, ErrorCode::Unauthorized, "token is for another user"),
+            Err(error) => self.reply_error(id, ErrorCode::Unauthorized, &error.to_string()),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        event: &str,
+        data: Option<&RawValue>,
+    ) {
+        let channel = match ChannelName::parse(channel) {
+            Ok(channel) => channel,
+            Err(error) => {
+                return self.reply_error(id, ErrorCode::InvalidChannel, &error.to_string());
+            }
+        };
+        let event = match EventName::parse(event) {
+            Ok(event) => event,
+            Err(error) => return self.reply_error(id, ErrorCode::InvalidEvent, &error.to_string()),
+        };
+        if let Err(denied) =
+            access::may_publish(&self.node.config.namespaces, &self.grant(), &channel)
+        {
+            return self.reply_error(id, denied.code, &denied.message);
+        }
+        let target = Target::Channel(channel.as_str());
+        match self.node.hub.publish(target, &event, data, None).await {
+            Ok(()) => self.reply(id, ServerFrame::Published {}),
+            Err(error) => {
+                tracing::warn!(%error, "client publish failed");
+                self.reply_error(id, ErrorCode::Internal, "publish failed; try again");
+            }
+        }
+    }
+}
+
+fn frame_label(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Register { .. } => "register",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Ping => "ping",
+        ClientFrame::Heartbeat => "heartbeat",
+        ClientFrame::Refresh { .. } => "refresh",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::Publish { .. } => "publish",
+    }
+}
+
+fn dedup(mut names: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ending_for_read_error(error: &axum::Error) -> Ending {
+    use tungstenite::error::{CapacityError, Error};
+    let too_big = std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                Error::Capacity(CapacityError::MessageTooLong { .. })
+                    | Error::Capacity(CapacityError::TooManyHeaders)
+            )
+        });
+    if too_big {
+        Ending::Closed(CloseCode::MessageTooBig)
+    } else {
+        Ending::ByClient("1006")
+    }
+}
+
+/// Sends a close frame, then waits briefly for the client's reply so the close frame is not
+/// lost to a TCP reset caused by unread input.
+async fn close_socket(socket: &mut WebSocket, code: CloseCode) {
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    };
+    if timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame))))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = timeout(CLOSE_TIMEOUT, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
