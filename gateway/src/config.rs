@@ -71,6 +71,12 @@ pub struct Args {
     /// Prefix of every Redis key and channel [default: gw].
     #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Dedicated Redis connections for subscriptions [default: 2].
+    #[arg(long, env = "GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS")]
+    pub redis_subscription_connections: Option<usize>,
+    /// Pooled Redis connections for publishing and commands [default: 8].
+    #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE")]
+    pub redis_pool_size: Option<usize>,
     /// This node's id [default: hostname plus a random suffix].
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -138,6 +144,8 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_subscription_connections: Option<usize>,
+    redis_pool_size: Option<usize>,
     node_id: Option<String>,
     jwt_public_key_file: Option<PathBuf>,
     jwks_file: Option<PathBuf>,
@@ -250,6 +258,10 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of Redis keys and channels.
     pub redis_prefix: String,
+    /// Dedicated Redis connections for subscriptions.
+    pub redis_subscription_connections: usize,
+    /// Pooled Redis connections for publishing and commands.
+    pub redis_pool_size: usize,
     /// This node's id.
     pub node_id: String,
     /// Token verification settings.
@@ -295,6 +307,11 @@ impl Config {
                 .redis_prefix
                 .or(file.redis_prefix)
                 .unwrap_or_else(|| "gw".into()),
+            redis_subscription_connections: args
+                .redis_subscription_connections
+                .or(file.redis_subscription_connections)
+                .unwrap_or(2),
+            redis_pool_size: args.redis_pool_size.or(file.redis_pool_size).unwrap_or(8),
             node_id: args
                 .node_id
                 .or(file.node_id)
@@ -387,6 +404,12 @@ impl Config {
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces".into());
+        }
+        if !(1..=64).contains(&self.redis_subscription_connections) {
+            return invalid("GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS must be 1 to 64".into());
+        }
+        if !(1..=1024).contains(&self.redis_pool_size) {
+            return invalid("GATEWAY_REDIS_POOL_SIZE must be 1 to 1024".into());
         }
         if self.auth.jwt_secret.as_deref() == Some("") {
             return invalid("GATEWAY_JWT_SECRET is set but empty".into());

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{AuthError, Authenticator};
-use crate::broker::{Broker, BusInbox, MemoryBus};
+use crate::broker::{Broker, BrokerError, BusInbox, MemoryBus, RedisBroker, RedisSettings};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -59,9 +59,9 @@ pub enum GatewayError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    /// The configured bus is not available in this build.
-    #[error("the Redis bus is not available yet: unset GATEWAY_REDIS_URL to run one node")]
-    RedisUnsupported,
+    /// The bus could not be set up.
+    #[error("bus: {0}")]
+    Bus(#[from] BrokerError),
 }
 
 /// What every part of a node shares.
@@ -111,7 +111,18 @@ pub async fn run(
     let (inbox, inbox_rx) = BusInbox::new(BUS_INBOX_CAPACITY, dropped);
     let broker: Arc<dyn Broker> = match &config.redis_url {
         None => Arc::new(MemoryBus::new().broker(inbox)),
-        Some(_) => return Err(GatewayError::RedisUnsupported),
+        Some(url) => {
+            let settings = RedisSettings {
+                url: url.clone(),
+                subscription_connections: config.redis_subscription_connections,
+                publish_pool_size: config.redis_pool_size,
+            };
+            Arc::new(RedisBroker::start(
+                &settings,
+                inbox,
+                metrics.bus_reconnects.clone(),
+            )?)
+        }
     };
     let bus_status = broker.status();
     let hub = Hub::new(

@@ -6,6 +6,7 @@
 //! would otherwise disconnect the node for its output buffer).
 
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
 
 pub use memory::{MemoryBroker, MemoryBus};
+pub use redis::{RedisBroker, RedisSettings};
 
 /// A boxed future, so that brokers can be used as `dyn Broker`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,383 @@
+//! The Redis bus: PUBLISH through a connection pool, SUBSCRIBE on dedicated connections.
+//!
+//! Topics are spread over several subscription connections ("shards") by a stable hash, so
+//! one topic always lives on one connection and its subscribe and unsubscribe requests keep
+//! their order. Each shard owns its connection: it applies requests in batches, hands every
+//! message to the node's inbox without waiting, pings to find a half-open connection, and on
+//! any failure reconnects with backoff and subscribes again to everything its topics need.
+//! The bus counts as up only while every shard is connected; it never falls back to memory.
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::{Pool, Runtime};
+use futures_util::StreamExt;
+use prometheus::IntCounter;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use super::{BoxFuture, Broker, BrokerError, BusInbox, BusMessage};
+
+/// How often an idle subscription connection is pinged.
+const PROBE_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a ping, a connect or a subscribe may take before the connection counts as lost.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Requests applied in one round trip at most.
+const MAX_BATCH: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Settings of a [`RedisBroker`].
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Dedicated subscription connections.
+    pub subscription_connections: usize,
+    /// Pooled connections for publishing.
+    pub publish_pool_size: usize,
+}
+
+enum Request {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+/// Shared between the shards: how many are connected, and the status it makes.
+struct Health {
+    shards: usize,
+    connected: AtomicUsize,
+    status: watch::Sender<bool>,
+    reconnects: IntCounter,
+}
+
+impl Health {
+    fn set_connected(&self, connected: bool) {
+        let now = if connected {
+            self.connected.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.connected.fetch_sub(1, Ordering::AcqRel) - 1
+        };
+        self.status.send_replace(now == self.shards);
+    }
+}
+
+/// A node's handle on the Redis bus.
+pub struct RedisBroker {
+    pool: Pool,
+    shards: Vec<mpsc::UnboundedSender<Request>>,
+    status: watch::Receiver<bool>,
+}
+
+impl RedisBroker {
+    /// Starts the subscription connections and the publish pool. Returns at once; the bus
+    /// status turns up when every subscription connection is established.
+    pub fn start(
+        settings: &RedisSettings,
+        inbox: BusInbox,
+        reconnects: IntCounter,
+    ) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        let pool = deadpool_redis::Config::from_url(settings.url.clone())
+            .builder()
+            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?
+            .max_size(settings.publish_pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(COMMAND_TIMEOUT))
+            .wait_timeout(Some(COMMAND_TIMEOUT))
+            .recycle_timeout(Some(COMMAND_TIMEOUT))
+            .build()
+            .map_err(|e| BrokerError::Unavailable(format!("Redis pool: {e}")))?;
+        let shard_count = settings.subscription_connections.max(1);
+        let (status_tx, status) = watch::channel(false);
+        let health = Arc::new(Health {
+            shards: shard_count,
+            connected: AtomicUsize::new(0),
+            status: status_tx,
+            reconnects,
+        });
+        let shards = (0..shard_count)
+            .map(|index| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let shard = Shard {
+                    index,
+                    client: client.clone(),
+                    requests: rx,
+                    topics: HashSet::new(),
+                    inbox: inbox.clone(),
+                    health: Arc::clone(&health),
+                };
+                tokio::spawn(shard.run());
+                tx
+            })
+            .collect();
+        Ok(Self {
+            pool,
+            shards,
+            status,
+        })
+    }
+
+    fn shard(&self, topic: &str) -> &mpsc::UnboundedSender<Request> {
+        let mut hasher = DefaultHasher::new();
+        topic.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % self.shards.len() as u64).unwrap_or(0);
+        &self.shards[index]
+    }
+
+    /// A pooled connection for commands other than pub/sub.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, topic: String, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut connection = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(&topic).arg(payload.as_ref());
+            let publish = command.query_async::<i64>(&mut *connection);
+            match timeout(COMMAND_TIMEOUT, publish).await {
+                Ok(Ok(_receivers)) => Ok(()),
+                Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
+                Err(_) => Err(BrokerError::Unavailable("PUBLISH timed out".into())),
+            }
+        })
+    }
+
+    fn subscribe(&self, topic: String) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let (ack, confirmed) = oneshot::channel();
+        let sent = self.shard(&topic).send(Request::Subscribe(topic, ack));
+        Box::pin(async move {
+            sent.map_err(|_| BrokerError::Closed)?;
+            confirmed.await.map_err(|_| BrokerError::Closed)?
+        })
+    }
+
+    fn unsubscribe(&self, topic: String) {
+        let _ = self.shard(&topic).send(Request::Unsubscribe(topic));
+    }
+
+    fn status(&self) -> watch::Receiver<bool> {
+        self.status.clone()
+    }
+}
+
+/// One subscription connection and the topics that live on it.
+struct Shard {
+    index: usize,
+    client: redis::Client,
+    requests: mpsc::UnboundedReceiver<Request>,
+    /// Every topic this node needs from this shard, whether or not it is connected now.
+    topics: HashSet<String>,
+    inbox: BusInbox,
+    health: Arc<Health>,
+}
+
+/// Why a connected shard stopped.
+enum Lost {
+    /// The connection failed; reconnect.
+    Connection(String),
+    /// The broker was dropped; stop.
+    Shutdown,
+}
+
+impl Shard {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut connected_before = false;
+        loop {
+            let attempt = self.connect().await;
+            let (sink, stream) = match attempt {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(shard = self.index, %error, "Redis subscription connection failed; retrying");
+                    if self.wait_refusing(jitter(backoff)).await.is_err() {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if connected_before {
+                self.health.reconnects.inc();
+                tracing::info!(
+                    shard = self.index,
+                    topics = self.topics.len(),
+                    "Redis subscriptions restored"
+                );
+            }
+            connected_before = true;
+            backoff = BACKOFF_MIN;
+            self.health.set_connected(true);
+            let lost = self.serve(sink, stream).await;
+            self.health.set_connected(false);
+            match lost {
+                Lost::Shutdown => return,
+                Lost::Connection(error) => {
+                    tracing::warn!(shard = self.index, %error, "Redis subscription connection lost; reconnecting");
+                }
+            }
+        }
+    }
+
+    /// Connects and subscribes to every topic this shard needs.
+    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), String> {
+        let pubsub = timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, stream) = pubsub.split();
+        let topics: Vec<&String> = self.topics.iter().collect();
+        for chunk in topics.chunks(MAX_BATCH) {
+            timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
+                .await
+                .map_err(|_| "resubscribe timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok((sink, stream))
+    }
+
+    /// While disconnected: records requests, refusing subscriptions until connected again.
+    async fn wait_refusing(&mut self, delay: Duration) -> Result<(), Lost> {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(()),
+                request = self.requests.recv() => match request {
+                    None => return Err(Lost::Shutdown),
+                    Some(Request::Subscribe(topic, ack)) => {
+                        let _ = ack.send(Err(BrokerError::Unavailable("Redis is not connected".into())));
+                        let _ = topic;
+                    }
+                    Some(Request::Unsubscribe(topic)) => {
+                        self.topics.remove(&topic);
+                    }
+                },
+            }
+        }
+    }
+
+    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Lost {
+        let mut probe = tokio::time::interval_at(Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => self.inbox.deliver(BusMessage {
+                        topic: message.get_channel_name().to_owned(),
+                        payload: Bytes::copy_from_slice(message.get_payload_bytes()),
+                    }),
+                    None => return Lost::Connection("connection closed".into()),
+                },
+                count = self.requests.recv_many(&mut batch, MAX_BATCH) => {
+                    if count == 0 {
+                        return Lost::Shutdown;
+                    }
+                    if let Err(error) = self.apply(&mut sink, batch.drain(..)).await {
+                        return Lost::Connection(error);
+                    }
+                }
+                _ = probe.tick() => {
+                    match timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Lost::Connection(format!("ping failed: {e}")),
+                        Err(_) => return Lost::Connection("ping timed out: half-open connection".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies requests in order, sending each run of the same kind as one command.
+    async fn apply(
+        &mut self,
+        sink: &mut PubSubSink,
+        requests: impl Iterator<Item = Request>,
+    ) -> Result<(), String> {
+        let mut subscribes: Vec<(String, oneshot::Sender<Result<(), BrokerError>>)> = Vec::new();
+        let mut unsubscribes: Vec<String> = Vec::new();
+        for request in requests {
+            match request {
+                Request::Subscribe(topic, ack) => {
+                    if !unsubscribes.is_empty() {
+                        self.unsubscribe_run(sink, &mut unsubscribes).await?;
+                    }
+                    subscribes.push((topic, ack));
+                }
+                Request::Unsubscribe(topic) => {
+                    if !subscribes.is_empty() {
+                        self.subscribe_run(sink, &mut subscribes).await?;
+                    }
+                    unsubscribes.push(topic);
+                }
+            }
+        }
+        self.subscribe_run(sink, &mut subscribes).await?;
+        self.unsubscribe_run(sink, &mut unsubscribes).await
+    }
+
+    async fn subscribe_run(
+        &mut self,
+        sink: &mut PubSubSink,
+        run: &mut Vec<(String, oneshot::Sender<Result<(), BrokerError>>)>,
+    ) -> Result<(), String> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let topics: Vec<&str> = run.iter().map(|(t, _)| t.as_str()).collect();
+        let result = match timeout(COMMAND_TIMEOUT, sink.subscribe(&topics)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("SUBSCRIBE timed out".to_string()),
+        };
+        for (topic, ack) in run.drain(..) {
+            match &result {
+                Ok(()) => {
+                    self.topics.insert(topic);
+                    let _ = ack.send(Ok(()));
+                }
+                Err(error) => {
+                    let _ = ack.send(Err(BrokerError::Unavailable(error.clone())));
+                }
+            }
+        }
+        result
+    }
+
+    async fn unsubscribe_run(
+        &mut self,
+        sink: &mut PubSubSink,
+        run: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        for topic in run.iter() {
+            self.topics.remove(topic);
+        }
+        let result = timeout(COMMAND_TIMEOUT, sink.unsubscribe(run.as_slice())).await;
+        run.clear();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("UNSUBSCRIBE timed out".to_string()),
+        }
+    }
+}
+
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..1.0))
+}
