@@ -1,0 +1,432 @@
+//! Client authentication: JWT verification against an HMAC secret, a PEM public key or a JWKS.
+
+mod keys;
+mod pattern;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
+use publisher::wire::{ClientType, UserId};
+use serde::Deserialize;
+use serde_json::Value;
+
+use keys::{Jwks, Policy, VerifyKey, hmac_keys, load_jwks, load_pem};
+pub use pattern::ChannelPattern;
+
+/// Largest clock skew honoured; a larger configured leeway is capped to this.
+const MAX_LEEWAY: Duration = Duration::from_secs(24 * 3600);
+/// Leeway used by [`Authenticator::development`].
+const DEVELOPMENT_LEEWAY: Duration = Duration::from_secs(60);
+
+/// How tokens are checked; built once at startup.
+#[derive(Clone, Default)]
+pub struct AuthSettings {
+    /// HMAC secret for HS256/384/512 tokens (`GATEWAY_JWT_SECRET`); empty means unset.
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) (`GATEWAY_JWT_PUBLIC_KEY_FILE`).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS document whose keys are chosen by the token's `kid` (`GATEWAY_JWKS_FILE`).
+    pub jwks_file: Option<PathBuf>,
+    /// Required `aud` value when set (`GATEWAY_JWT_AUDIENCE`).
+    pub audience: Option<String>,
+    /// Required `iss` value when set (`GATEWAY_JWT_ISSUER`).
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (capped at one day).
+    pub leeway: Duration,
+}
+
+impl fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+/// Verifies client tokens. Cheap to share behind an Arc; Send + Sync.
+pub struct Authenticator {
+    hmac: Option<(VerifyKey, EncodingKey)>,
+    pem: Option<VerifyKey>,
+    jwks: Option<Jwks>,
+    policy: Policy,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("hmac", &self.hmac.is_some())
+            .field("pem", &self.pem.as_ref().map(|k| &k.validation.algorithms))
+            .field("jwks_keys", &self.jwks.as_ref().map(|j| j.keys.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Loads keys; errors name the file and what is wrong. Errors if no key at all is configured.
+    pub fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let policy = Policy {
+            audience: non_empty(&settings.audience),
+            issuer: non_empty(&settings.issuer),
+            leeway: settings.leeway.min(MAX_LEEWAY).as_secs(),
+        };
+        let hmac = non_empty(&settings.jwt_secret).map(|secret| hmac_keys(&secret, &policy));
+        let pem = match &settings.jwt_public_key_file {
+            Some(path) => Some(load_pem(path, &policy)?),
+            None => None,
+        };
+        let jwks = match &settings.jwks_file {
+            Some(path) => Some(load_jwks(path, &policy)?),
+            None => None,
+        };
+        if hmac.is_none() && pem.is_none() && jwks.is_none() {
+            return Err(AuthError::NoKeyConfigured);
+        }
+        Ok(Self {
+            hmac,
+            pem,
+            jwks,
+            policy,
+        })
+    }
+
+    /// Development mode: a random 32-byte HMAC secret (HS256). Returns the authenticator and the secret (hex) so it can be logged.
+    ///
+    /// The hex string itself is the HMAC key, so restarting with `GATEWAY_JWT_SECRET=<hex>`
+    /// accepts the same tokens.
+    pub fn development() -> (Self, String) {
+        let bytes: [u8; 32] = rand::random();
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let policy = Policy {
+            audience: None,
+            issuer: None,
+            leeway: DEVELOPMENT_LEEWAY.as_secs(),
+        };
+        let hmac = Some(hmac_keys(&secret, &policy));
+        let auth = Self {
+            hmac,
+            pem: None,
+            jwks: None,
+            policy,
+        };
+        (auth, secret)
+    }
+
+    /// Mints an HS256 token with the development secret (None if this authenticator has no HMAC secret). Used to log a ready-made demo token in development mode.
+    pub fn demo_token(&self, user_id: &str, ttl: Duration) -> Option<String> {
+        let (_, key) = self.hmac.as_ref()?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), user_id.into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), now.saturating_add(ttl.as_secs()).into());
+        if let Some(aud) = &self.policy.audience {
+            claims.insert("aud".into(), aud.as_str().into());
+        }
+        if let Some(iss) = &self.policy.issuer {
+            claims.insert("iss".into(), iss.as_str().into());
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()
+    }
+
+    /// Checks signature, algorithm, exp, nbf, aud, iss and the claims' shape.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(AuthError::Malformed)?;
+        let alg = header.alg;
+        let mut result = Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
+        for key in self
+            .candidates(alg, header.kid.as_deref())?
+            .into_iter()
+            .flatten()
+        {
+            result = jsonwebtoken::decode::<RawClaims>(token, &key.key, &key.validation)
+                .map_err(|e| map_jwt_error(e, alg));
+            if !matches!(result, Err(AuthError::InvalidSignature)) {
+                break;
+            }
+        }
+        result?.claims.into_claims()
+    }
+
+    /// The keys a token signed with `alg` (and naming `kid`) may be checked against, best first.
+    fn candidates(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<[Option<&VerifyKey>; 2], AuthError> {
+        let not_allowed = || AuthError::AlgorithmNotAllowed(format!("{alg:?}"));
+        if alg.family() == AlgorithmFamily::Hmac {
+            // HMAC tokens are only ever checked against the configured secret, never a public key.
+            return match &self.hmac {
+                Some((key, _)) => Ok([Some(key), None]),
+                None => Err(not_allowed()),
+            };
+        }
+        let pem = self.pem.as_ref().filter(|k| k.allows(alg));
+        let jwk = match self.jwks.as_ref().map(|jwks| jwks.select(kid)) {
+            Some(Ok(key)) => Some(key).filter(|k| k.allows(alg)),
+            Some(Err(unknown)) if pem.is_none() => return Err(unknown),
+            Some(Err(_)) | None => None,
+        };
+        if jwk.is_none() && pem.is_none() {
+            return Err(not_allowed());
+        }
+        Ok([jwk, pem])
+    }
+}
+
+fn map_jwt_error(e: JwtError, alg: Algorithm) -> AuthError {
+    match e.kind() {
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidKeyFormat => AuthError::InvalidSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+        ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::InvalidAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => AuthError::InvalidIssuer,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::InvalidClaims(format!("missing {c}")),
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::InvalidClaims(format!("{c} is not a number of seconds"))
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed(format!("{alg:?}")),
+        _ => AuthError::Malformed(e),
+    }
+}
+
+/// The claims as they come; their shape is checked in [`RawClaims::into_claims`].
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(default)]
+    sub: Value,
+    #[serde(default)]
+    user_id: Value,
+    #[serde(default)]
+    exp: Value,
+    #[serde(default)]
+    client_type: Value,
+    #[serde(default)]
+    channels: Value,
+}
+
+impl RawClaims {
+    fn into_claims(self) -> Result<Claims, AuthError> {
+        let bad = |msg: &str| AuthError::InvalidClaims(msg.to_owned());
+        let (name, id) = match (self.sub, self.user_id) {
+            (Value::Null, Value::Null) => return Err(bad("missing sub")),
+            (Value::Null, id) => ("user_id", id),
+            (id, _) => ("sub", id),
+        };
+        let id = match id {
+            Value::String(s) => s,
+            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+            _ => return Err(bad(&format!("{name} must be a string or an integer"))),
+        };
+        let user_id = UserId::parse(&id).map_err(|_| {
+            bad(&format!("{name} is not a valid user id (1 to 255 bytes, no spaces, control characters, '#' or ',')"))
+        })?;
+        let exp = match &self.exp {
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.round() as u64)
+            }),
+            _ => None,
+        };
+        let expires_at = exp
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+            .ok_or_else(|| bad("missing exp"))?;
+        let client_type =
+            match self.client_type {
+                Value::Null => None,
+                Value::String(s) => Some(ClientType::parse(&s).map_err(|_| {
+                    bad("client_type is not valid (1 to 64 bytes of [A-Za-z0-9_.-])")
+                })?),
+                _ => return Err(bad("client_type must be a string")),
+            };
+        let channels = match self.channels {
+            Value::Null => Vec::new(),
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => ChannelPattern::parse(s),
+                    _ => Err(bad("channels must be a list of strings")),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(bad("channels must be a list of strings")),
+        };
+        Ok(Claims {
+            user_id,
+            expires_at,
+            client_type,
+            channels,
+        })
+    }
+}
+
+/// What the gateway uses from a verified token.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    /// The user: `sub`, or `user_id` when `sub` is absent.
+    pub user_id: UserId,
+    /// When the token expires (`exp`, without leeway).
+    pub expires_at: SystemTime,
+    /// The `client_type` claim, if any.
+    pub client_type: Option<ClientType>,
+    /// The `channels` claim: patterns of channels this user may subscribe to beyond the public ones.
+    pub channels: Vec<ChannelPattern>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token was given.
+    #[error("no token given")]
+    Missing,
+    /// Not a JWT, a bad header (an unsigned `alg: none` token included), bad base64 or JSON.
+    #[error("malformed token: {}", malformed_hint(.0))]
+    Malformed(#[source] JwtError),
+    /// The token's algorithm cannot be used with the configured keys.
+    #[error("token algorithm {0} is not accepted with the configured keys")]
+    AlgorithmNotAllowed(String),
+    /// The token's `kid` is not in the key set, or is missing where it is needed.
+    #[error("{}", unknown_key_message(.0.as_deref()))]
+    UnknownKey(Option<String>),
+    /// The signature does not match.
+    #[error("invalid token signature")]
+    InvalidSignature,
+    /// The token is past its `exp`.
+    #[error("token expired")]
+    Expired,
+    /// The token's `nbf` is in the future.
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
+    /// The `aud` claim is missing or not the configured audience.
+    #[error("token audience (aud) is missing or not accepted")]
+    InvalidAudience,
+    /// The `iss` claim is missing or not the configured issuer.
+    #[error("token issuer (iss) is missing or not accepted")]
+    InvalidIssuer,
+    /// A claim is missing or has the wrong shape.
+    #[error("invalid token claims: {0}")]
+    InvalidClaims(String),
+    /// A key file cannot be read.
+    #[error("cannot read key file {}: {source}", .path.display())]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file holds no usable key.
+    #[error("unusable key in {}: {}", .path.display(), key_error_hint(.source))]
+    InvalidKey {
+        /// The file.
+        path: PathBuf,
+        /// What jsonwebtoken found wrong.
+        #[source]
+        source: JwtError,
+    },
+    /// A JWKS file is not a valid JWKS document.
+    #[error("invalid JWKS document {}: {source}", .path.display())]
+    InvalidJwks {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Neither a secret, a public key file nor a JWKS file is configured.
+    #[error(
+        "no token key configured: set GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE"
+    )]
+    NoKeyConfigured,
+}
+
+impl AuthError {
+    /// A short, low-cardinality reason for metrics labels and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed(_) => "malformed",
+            Self::AlgorithmNotAllowed(_) => "algorithm",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::InvalidSignature => "signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::InvalidAudience => "audience",
+            Self::InvalidIssuer => "issuer",
+            Self::InvalidClaims(_) => "claims",
+            Self::KeyFile { .. }
+            | Self::InvalidKey { .. }
+            | Self::InvalidJwks { .. }
+            | Self::NoKeyConfigured => "config",
+        }
+    }
+}
+
+fn malformed_hint(e: &JwtError) -> &'static str {
+    match e.kind() {
+        ErrorKind::InvalidToken => "not a JWT (three base64url parts separated by '.')",
+        ErrorKind::Base64(_) => "bad base64url encoding",
+        ErrorKind::Utf8(_) => "not UTF-8",
+        ErrorKind::Json(j) => {
+            let msg = j.to_string();
+            if msg.contains("unknown variant `none`") {
+                "unsigned tokens (alg \"none\") are refused"
+            } else if msg.contains("expected one of `HS256`") {
+                "unsupported alg in the header"
+            } else {
+                "header or claims are not the expected JSON"
+            }
+        }
+        _ => "invalid token",
+    }
+}
+
+fn unknown_key_message(kid: Option<&str>) -> String {
+    match kid {
+        Some(kid) => format!("unknown key id {kid:?}"),
+        None => "token has no key id (kid) and the key set holds several keys".to_owned(),
+    }
+}
+
+fn key_error_hint(e: &JwtError) -> String {
+    match e.kind() {
+        ErrorKind::InvalidKeyFormat => {
+            "not a PEM public key of a supported type (RSA, EC P-256/P-384, Ed25519; not a private key)".to_owned()
+        }
+        ErrorKind::InvalidRsaKey(msg) => format!("invalid RSA public key ({msg})"),
+        ErrorKind::InvalidEcdsaKey => "invalid EC public key (P-256 or P-384 expected)".to_owned(),
+        ErrorKind::InvalidEddsaKey => "invalid Ed25519 public key".to_owned(),
+        ErrorKind::UnsupportedAlgorithm => {
+            "no usable signature key (RSA, EC P-256/P-384 or Ed25519)".to_owned()
+        }
+        ErrorKind::InvalidAlgorithm => "a key's \"alg\" does not fit its key type".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
