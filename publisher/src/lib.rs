@@ -1,8 +1,24 @@
-//! Emit events to the gateway's bus.
+//! Emit events to the gateway's bus from worker services and APIs.
+//!
+//! ```
+//! # publisher::doctest::with_redis(|url| async move {
+//! use publisher::{Event, Publisher};
+//!
+//! let publisher = Publisher::connect(&url)?;
+//! let event = Event::to_user("42", "face_detection_done", &serde_json::json!({"photo": "p1"}))?;
+//! publisher.publish(&event).await?;
+//! # Ok::<(), publisher::PublishError>(())
+//! # });
+//! ```
 //!
 //! [`wire`] defines the bus message that every publisher writes and every gateway reads; it
-//! is the one place where that format lives.
+//! is the one place where that format lives (`docs/redis.md` describes it for other languages).
 
+mod publish;
 pub mod wire;
 
+#[doc(hidden)]
+pub mod doctest;
+
+pub use publish::{Event, PublishError, Publisher, Recipients};
 pub use wire::{ChannelName, ClientType, Envelope, EventName, Target, Topics, UserId, WireError};

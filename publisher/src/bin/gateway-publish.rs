@@ -1,0 +1,84 @@
+//! Publish one event to the gateways' Redis bus from a shell script.
+//!
+//! ```sh
+//! gateway-publish --redis-url redis://127.0.0.1:6379 --user 42 --event photo_ready --data '{"photo":"p1"}'
+//! echo '{"progress":45.5}' | gateway-publish --channel jobs --event job_progress
+//! ```
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use publisher::{Event, Publisher};
+use serde_json::Value;
+
+/// Publish one event to every gateway through Redis.
+#[derive(Debug, Parser)]
+#[command(name = "gateway-publish", version)]
+struct Args {
+    /// Redis URL of the gateways' bus.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Key and channel prefix of the deployment.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gw")]
+    prefix: String,
+    /// Channel to publish to; repeat for several.
+    #[arg(long, group = "target")]
+    channel: Vec<String>,
+    /// User to publish to (all their connections).
+    #[arg(long, group = "target")]
+    user: Option<String>,
+    /// Client type to publish to.
+    #[arg(long, group = "target")]
+    client_type: Option<String>,
+    /// Publish to every connection.
+    #[arg(long, group = "target")]
+    broadcast: bool,
+    /// Event name (the frame's `type` at the client).
+    #[arg(long)]
+    event: String,
+    /// JSON data; `-` or absent reads it from standard input.
+    #[arg(long)]
+    data: Option<String>,
+    /// A client_id that must not receive the event.
+    #[arg(long)]
+    exclude_client: Option<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let text = match args.data.as_deref() {
+        Some("-") | None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading data from standard input")?;
+            text
+        }
+        Some(text) => text.to_owned(),
+    };
+    let data: Value = serde_json::from_str(&text).context("data is not valid JSON")?;
+    let event = if !args.channel.is_empty() {
+        Event::to_channels(&args.channel, &args.event, &data)?
+    } else if let Some(user) = &args.user {
+        Event::to_user(user, &args.event, &data)?
+    } else if let Some(client_type) = &args.client_type {
+        Event::to_client_type(client_type, &args.event, &data)?
+    } else if args.broadcast {
+        Event::broadcast(&args.event, &data)?
+    } else {
+        bail!("name a target: --channel, --user, --client-type or --broadcast");
+    };
+    let event = match args.exclude_client {
+        Some(client_id) => event.excluding(client_id),
+        None => event,
+    };
+    let publisher = Publisher::connect(&args.redis_url)?.with_prefix(args.prefix);
+    publisher.publish(&event).await.context("publishing")?;
+    Ok(())
+}
