@@ -169,9 +169,10 @@ pub enum ClientFrame {
         channel: String,
         /// The event name.
         event: String,
-        /// The payload.
+        /// The payload. (A `Value`, not raw JSON: serde cannot keep raw JSON inside an
+        /// internally tagged enum; client publishes are rare enough to re-encode.)
         #[serde(default)]
-        data: Option<Box<RawValue>>,
+        data: Option<serde_json::Value>,
     },
 }
 
@@ -393,6 +394,15 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BadRequest);
         let err = parse_client_frame(r#"[1,2]"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn publish_frames_carry_any_data() {
+        let text = r#"{"type":"publish","channel":"room:1","event":"typing","data":{"a":[1,2]}}"#;
+        let (_, frame) = parse_client_frame(text).unwrap();
+        assert!(
+            matches!(frame, ClientFrame::Publish { data: Some(data), .. } if data["a"][1] == 2)
+        );
     }
 
     #[test]

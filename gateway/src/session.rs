@@ -200,6 +200,11 @@ impl Session {
         };
         if let Ending::Closed(code) = ending {
             self.outbox.close(code);
+            if code != CloseCode::SlowConsumer {
+                // What was queued before the close (a `disconnect` notice, a last error reply)
+                // still goes out; a slow consumer's backlog is what we are closing it for.
+                let _ = timeout(CLOSE_TIMEOUT, self.write_queued()).await;
+            }
             close_socket(&mut self.socket, code).await;
         }
         ending
@@ -213,6 +218,16 @@ impl Session {
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         Instant::now() + left + leeway
+    }
+
+    /// Writes every frame still queued, then flushes.
+    async fn write_queued(&mut self) {
+        while let Some(frame) = self.inbox.try_recv() {
+            if self.socket.feed(Message::Text(frame.bytes)).await.is_err() {
+                return;
+            }
+        }
+        let _ = self.socket.flush().await;
     }
 
     /// Writes `first` and whatever else is queued, then flushes once.
@@ -383,7 +398,10 @@ impl Session {
                 channel,
                 event,
                 data,
-            } => self.publish(id, &channel, &event, data.as_deref()).await,
+            } => {
+                let data = data.and_then(|d| serde_json::value::to_raw_value(&d).ok());
+                self.publish(id, &channel, &event, data.as_deref()).await
+            }
         }
         None
     }
