@@ -1,1 +1,47 @@
-//! End-to-end test harness (added with the tests).
+//! End-to-end test harness: real gateway processes, real WebSocket clients.
+//!
+//! Layout:
+//! - `gateway`: [`GatewayConfig`] (environment, config files) and
+//!   [`TestGateway`], the gateway binary run as a child process on free local ports, with its
+//!   admin API (`publish`, `metrics`, …) and its output kept for failing tests.
+//! - `client`: [`TestClient`], a WebSocket client with reads that time out
+//!   loudly, request/reply by `id`, close-code checks and a slow-reader mode.
+//! - `token`: test JWTs ([`token`], [`TokenBuilder`]) and asymmetric
+//!   [`KeyPair`]s made with `openssl`.
+//! - `checks`: assertions on the shapes the contract promises (event and error frames, HTTP
+//!   errors, timestamps, metrics).
+//! - `temp`: [`TempDir`], scratch directories kept when a test fails.
+//! - `redis`: [`TestRedis`], a real `redis-server` on a free port that a test can kill and
+//!   restart; `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
+//! - `binaries`: [`binary`], the workspace's binaries built with the test's profile.
+//!
+//! Every test starts its own gateway; they run in parallel. The gateway binary is built once
+//! per test process with the test's own cargo profile (or taken from `$E2E_GATEWAY_BIN`);
+//! `$E2E_GATEWAY_LOG` overrides the gateway's log filter.
+
+mod binaries;
+mod checks;
+mod client;
+mod gateway;
+mod proxy;
+mod redis;
+mod temp;
+mod token;
+
+pub use binaries::binary;
+pub use checks::{
+    assert_error, assert_event, assert_http_error, assert_recent_rfc3339, assert_refused,
+    metric_value, parse_rfc3339, subscribe_outcome,
+};
+pub use client::{
+    CLOSE_TIMEOUT, Closed, HandshakeFailure, RECV_TIMEOUT, SLOW_READER_RECV_BUFFER, TestClient,
+    brief, with_header, ws_request,
+};
+pub use gateway::{GatewayConfig, TestGateway};
+pub use proxy::StallProxy;
+pub use redis::TestRedis;
+pub use reqwest::StatusCode;
+pub use temp::TempDir;
+pub use token::{
+    KeyPair, TEST_API_KEY, TEST_JWT_SECRET, TokenBuilder, base64url, jwks, now_unix, token,
+};

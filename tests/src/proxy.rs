@@ -1,0 +1,95 @@
+//! A TCP proxy on loopback that can stall its connections without closing them: the
+//! half-open connection a dead network path leaves behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Forwards `127.0.0.1:<port>` to a target; [`StallProxy::stall`] freezes every connection open
+/// at that moment (they stay open, nothing passes), while new connections pass normally.
+pub struct StallProxy {
+    port: u16,
+    generation: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+impl StallProxy {
+    /// Starts forwarding to `target_port` on loopback.
+    pub async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let current = Arc::clone(&generation);
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                    continue;
+                };
+                let mine = current.load(Ordering::Acquire);
+                let stalled = Arc::new(AtomicBool::new(false));
+                let (client_read, client_write) = client.into_split();
+                let (upstream_read, upstream_write) = upstream.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(upstream_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(upstream_read), Box::new(client_write)),
+                ] {
+                    let current = Arc::clone(&current);
+                    let stalled = Arc::clone(&stalled);
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buffer).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if current.load(Ordering::Acquire) != mine {
+                                stalled.store(true, Ordering::Release);
+                            }
+                            if stalled.load(Ordering::Acquire) {
+                                // Hold the socket open and swallow everything: half-open.
+                                continue;
+                            }
+                            if to.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        if !stalled.load(Ordering::Acquire) {
+                            let _ = to.shutdown().await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            generation,
+            accept,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Freezes every connection open now; later connections pass.
+    pub fn stall(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
