@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine: installs what is missing, then
+# `cargo test`. Tests start their own servers on free ports and stop them again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace --all-targets --locked "$@"
+cargo test --workspace --doc --locked
