@@ -351,10 +351,25 @@ impl Hub {
             epoch: None,
         };
         let topic = self.inner.topics.for_target(target);
-        self.inner
+        let metrics = &self.inner.metrics;
+        let started = std::time::Instant::now();
+        let result = self
+            .inner
             .broker
             .publish(topic, envelope.encode().into())
-            .await
+            .await;
+        metrics
+            .bus_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            // Events that could not reach the bus are lost to every subscriber: count them.
+            metrics.bus_publish_errors.inc();
+            metrics
+                .messages_dropped
+                .with_label_values(&["bus_unavailable"])
+                .inc();
+        }
+        result
     }
 
     /// Delivers bus messages to local connections until the bus inbox closes.

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub bus_reconnects: IntCounter,
     /// Recoveries on subscribe, by result.
     pub recoveries: IntCounterVec,
+    /// Bytes queued in every connection's outbox, not yet written.
+    pub outbox_bytes: IntGauge,
+    /// Time to publish one message on the bus.
+    pub bus_publish_duration: Histogram,
+    /// Bus publishes that failed.
+    pub bus_publish_errors: IntCounter,
 }
 
 impl Metrics {
@@ -127,9 +133,63 @@ impl Metrics {
                 "Recoveries on subscribe, by result.",
                 "result",
             )?,
+            outbox_bytes: gauge(
+                &registry,
+                "gateway_outbox_bytes",
+                "Bytes queued for clients and not yet written.",
+            )?,
+            bus_publish_duration: {
+                let histogram = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gateway_bus_publish_duration_seconds",
+                        "Time to publish one message on the bus.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ]),
+                )?;
+                registry.register(Box::new(histogram.clone()))?;
+                histogram
+            },
+            bus_publish_errors: counter(
+                &registry,
+                "gateway_bus_publish_errors_total",
+                "Bus publishes that failed.",
+            )?,
             registry,
         };
+        metrics.prime();
+        #[cfg(target_os = "linux")]
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(metrics)
+    }
+
+    /// Creates the usual label values at zero, so that rates and alerts have series to work
+    /// on before the first event of each kind.
+    fn prime(&self) {
+        for reason in [
+            "slow_consumer",
+            "closing",
+            "malformed",
+            "bus_backlog",
+            "bus_unavailable",
+        ] {
+            self.messages_dropped.with_label_values(&[reason]);
+        }
+        for code in [
+            "1000", "1001", "1006", "1009", "4001", "4002", "4003", "4100", "4101", "4200",
+        ] {
+            self.disconnections.with_label_values(&[code]);
+        }
+        for reason in ["expired", "signature", "malformed", "origin", "draining"] {
+            self.connections_rejected.with_label_values(&[reason]);
+        }
+        for result in ["recovered", "not_recovered"] {
+            self.recoveries.with_label_values(&[result]);
+        }
     }
 
     /// The text exposition of every metric.

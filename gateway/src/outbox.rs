@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
+use prometheus::IntGauge;
 use tokio::sync::{Notify, mpsc};
 
 use crate::protocol::CloseCode;
@@ -44,10 +45,33 @@ pub enum PushError {
 
 struct Shared {
     queued_bytes: AtomicUsize,
+    /// Every outbox's bytes together, for metrics.
+    total_bytes: IntGauge,
     limit: usize,
     /// 0 while open, otherwise the close code the session must send.
     close_code: AtomicU16,
     closing: Notify,
+}
+
+impl Shared {
+    fn taken(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        self.total_bytes.sub(gauge_bytes(len));
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        // Frames still queued when the connection ends leave the total with it.
+        self.frames.close();
+        while let Ok(frame) = self.frames.try_recv() {
+            self.shared.taken(frame.bytes.len());
+        }
+    }
+}
+
+fn gauge_bytes(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
 }
 
 /// The sending side of a connection's outgoing queue; cheap to clone.
@@ -64,10 +88,11 @@ pub struct OutboxReceiver {
 }
 
 /// A new outbox that holds at most `limit_bytes` of frames not yet written to the socket.
-pub fn outbox(limit_bytes: usize) -> (Outbox, OutboxReceiver) {
+pub fn outbox(limit_bytes: usize, total_bytes: IntGauge) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         queued_bytes: AtomicUsize::new(0),
+        total_bytes,
         limit: limit_bytes,
         close_code: AtomicU16::new(0),
         closing: Notify::new(),
@@ -101,6 +126,7 @@ impl Outbox {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             return Err(PushError::Closed);
         }
+        self.shared.total_bytes.add(gauge_bytes(len));
         Ok(())
     }
 
@@ -200,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_flow_and_bytes_are_accounted() {
-        let (tx, mut rx) = outbox(100);
+        let (tx, mut rx) = outbox(100, IntGauge::new("t", "t").unwrap());
         tx.push(frame("hello")).unwrap();
         tx.push(frame("world")).unwrap();
         assert_eq!(tx.queued_bytes(), 10);
@@ -212,7 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer_once() {
-        let (tx, rx) = outbox(10);
+        let (tx, rx) = outbox(10, IntGauge::new("t", "t").unwrap());
         tx.push(frame("12345678")).unwrap();
         assert_eq!(tx.push(frame("123")), Err(PushError::Overflow));
         assert_eq!(tx.push(frame("1")), Err(PushError::Closed));

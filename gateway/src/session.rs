@@ -61,7 +61,10 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>)
         },
     };
     let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
-    let (tx, rx) = outbox(node.config.limits.outbox_max_bytes);
+    let (tx, rx) = outbox(
+        node.config.limits.outbox_max_bytes,
+        node.metrics.outbox_bytes.clone(),
+    );
     let established = ServerFrame::ConnectionEstablished {
         client_id: &client_id,
         user_id: claims.user_id.as_str(),
