@@ -4,17 +4,20 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use publisher::wire::{ChannelName, EventName, Target, UserId, WireError};
+use publisher::wire::{ChannelName, EventName, Position, Target, UserId, WireError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::history::Published;
+use crate::hub::HubError;
 use crate::protocol::ErrorCode;
 use crate::{Node, http_error};
 
@@ -23,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let api = Router::new()
         .route("/publish", post(publish))
         .route("/publish/batch", post(publish_batch))
+        .route("/history/{channel}", get(history))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&node),
             require_api_key,
@@ -177,17 +181,24 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
             "name exactly one target: channel, channels, user, client_type or broadcast",
         ));
     }
-    if request.idempotency_key.is_some() {
+    let key = request.idempotency_key.as_deref();
+    if key.is_some() && (request.client_type.is_some() || request.broadcast) {
         return Err(ApiError::bad(
-            ErrorCode::NotAvailable,
-            "idempotency_key needs channel history, which this gateway does not keep yet",
+            ErrorCode::BadRequest,
+            "idempotency_key works with channel, channels and user targets",
+        ));
+    }
+    if key.is_some_and(|k| k.is_empty() || k.len() > 128) {
+        return Err(ApiError::bad(
+            ErrorCode::BadRequest,
+            "idempotency_key must be 1 to 128 bytes",
         ));
     }
     let event = EventName::parse(&request.event)?;
     let data = request.data.as_deref();
     let exclude = request.exclude_client.as_deref();
-    let publish = |target| node.hub.publish(target, &event, data, exclude);
-    let failed = |error: crate::broker::BrokerError| ApiError {
+    let publish = |target| node.hub.publish(target, &event, data, exclude, key);
+    let failed = |error: HubError| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: ErrorCode::Internal,
         message: error.to_string(),
@@ -224,6 +235,93 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
         (_, Some(client_type)) => Target::ClientType(client_type.as_str()),
         _ => Target::Broadcast,
     };
-    publish(target).await.map_err(failed)?;
-    Ok(json!({}))
+    let published = publish(target).await.map_err(failed)?;
+    Ok(published_reply(&published))
+}
+
+/// `{}`, or `{"offset":…,"epoch":…}` where history is kept, plus `"duplicate":true` when an
+/// idempotency key was seen.
+fn published_reply(published: &Published) -> Value {
+    let mut reply = match &published.position {
+        Some(position) => json!({"offset": position.offset, "epoch": position.epoch}),
+        None => json!({}),
+    };
+    if published.duplicate {
+        reply["duplicate"] = json!(true);
+    }
+    reply
+}
+
+/// Query of `GET /api/history/{channel}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(node): State<Arc<Node>>,
+    Path(channel): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "query parameters are since (an offset), epoch and limit",
+        );
+    };
+    let channel = match ChannelName::parse(&channel) {
+        Ok(channel) => channel,
+        Err(error) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                &error.to_string(),
+            );
+        }
+    };
+    let since = query.since.map(|offset| Position {
+        offset,
+        epoch: query.epoch.clone().unwrap_or_default(),
+    });
+    // Without an epoch, `since` counts in whatever epoch the channel is in now.
+    let since = match (since, &query.epoch) {
+        (Some(position), None) => match node.hub.history().read(&channel, None).await {
+            Ok(page) => Some(Position {
+                epoch: page.top.epoch,
+                ..position
+            }),
+            Err(error) => {
+                return http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "internal",
+                    &error.to_string(),
+                );
+            }
+        },
+        (since, _) => since,
+    };
+    match node
+        .hub
+        .history_page(&channel, since.as_ref(), query.limit)
+        .await
+    {
+        Ok(Some((events, position))) => {
+            Json(json!({"channel": channel, "events": events, "position": position}))
+                .into_response()
+        }
+        Ok(None) => http_error(
+            StatusCode::NOT_FOUND,
+            "not_available",
+            &format!("history is not kept on channel {channel}"),
+        ),
+        Err(error) => http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            &error.to_string(),
+        ),
+    }
 }

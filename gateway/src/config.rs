@@ -131,6 +131,9 @@ pub struct Args {
     /// Upper bound of the jittered `reconnect_after_ms` sent when draining [default: 5s].
     #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_MAX", value_parser = duration)]
     pub drain_reconnect_max: Option<Duration>,
+    /// How long an idempotency key is remembered [default: 5m].
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", value_parser = duration)]
+    pub idempotency_window: Option<Duration>,
     /// Log format [default: text].
     #[arg(long, env = "GATEWAY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -167,6 +170,8 @@ struct FileConfig {
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     drain_reconnect_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idempotency_window: Option<Duration>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     namespaces: HashMap<String, NamespaceConfig>,
@@ -218,6 +223,11 @@ impl Namespaces {
         configured.entry("default".into()).or_default();
         configured.entry("personal".into()).or_default();
         Self(configured)
+    }
+
+    /// Every namespace with its rules.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &NamespaceConfig)> {
+        self.0.iter()
     }
 
     /// The rules of a namespace, if it is configured.
@@ -280,6 +290,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Upper bound of the jittered reconnect delay sent when draining.
     pub drain_reconnect_max: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Namespace rules.
@@ -375,6 +387,10 @@ impl Config {
                 .drain_reconnect_max
                 .or(file.drain_reconnect_max)
                 .unwrap_or(Duration::from_secs(5)),
+            idempotency_window: args
+                .idempotency_window
+                .or(file.idempotency_window)
+                .unwrap_or(Duration::from_secs(300)),
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -474,6 +490,11 @@ impl Config {
             if namespace.history_size > 0 && namespace.history_ttl.is_none() {
                 return invalid(format!(
                     "namespace {name:?}: history_size needs history_ttl (e.g. \"10m\")"
+                ));
+            }
+            if namespace.history_size > 1_000_000 {
+                return invalid(format!(
+                    "namespace {name:?}: history_size is at most 1000000"
                 ));
             }
             if namespace.join_leave && !namespace.presence {

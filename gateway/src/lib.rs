@@ -8,6 +8,7 @@
 //! - [`outbox`]: a connection's outgoing queue, bounded in bytes.
 //! - [`hub`]: this node's connections and subscriptions; fans bus events out.
 //! - [`broker`]: the bus between nodes: in memory or Redis.
+//! - [`history`]: channel history (offsets, epochs, stored events): in memory or Redis.
 //!
 //! Beside them: [`protocol`] (frames, error and close codes), [`auth`] (JWT), [`access`]
 //! (who may subscribe or publish where), [`rate`] (per-connection limits), [`metrics`], and
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
@@ -41,6 +43,7 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::{Broker, BrokerError, BusInbox, MemoryBus, RedisBroker, RedisSettings};
 use crate::config::Config;
+use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -109,27 +112,34 @@ pub async fn run(
     let (auth, api_key) = credentials(&config)?;
     let dropped = metrics.messages_dropped.with_label_values(&["bus_backlog"]);
     let (inbox, inbox_rx) = BusInbox::new(BUS_INBOX_CAPACITY, dropped);
-    let broker: Arc<dyn Broker> = match &config.redis_url {
-        None => Arc::new(MemoryBus::new().broker(inbox)),
+    let topics = Topics::new(config.redis_prefix.clone());
+    let policies = Policies::from_namespaces(&config.namespaces);
+    let window = config.idempotency_window;
+    let (broker, history): (Arc<dyn Broker>, Arc<dyn History>) = match &config.redis_url {
+        None => {
+            let bus = MemoryBus::new();
+            let history = MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
+            (Arc::new(bus.broker(inbox)), Arc::new(history))
+        }
         Some(url) => {
             let settings = RedisSettings {
                 url: url.clone(),
                 subscription_connections: config.redis_subscription_connections,
                 publish_pool_size: config.redis_pool_size,
             };
-            Arc::new(RedisBroker::start(
-                &settings,
-                inbox,
-                metrics.bus_reconnects.clone(),
-            )?)
+            let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
+            let history = RedisHistory::new(
+                broker.pool().clone(),
+                topics.clone(),
+                policies.clone(),
+                window,
+                broker.status(),
+            );
+            (Arc::new(broker), Arc::new(history))
         }
     };
     let bus_status = broker.status();
-    let hub = Hub::new(
-        broker,
-        Topics::new(config.redis_prefix.clone()),
-        Arc::clone(&metrics),
-    );
+    let hub = Hub::new(broker, history, policies, topics, Arc::clone(&metrics));
     let node = Arc::new(Node {
         config,
         auth,
@@ -141,6 +151,7 @@ pub async fn run(
     });
     tokio::spawn(watch_bus(Arc::clone(&node)));
     tokio::spawn(hub.clone().run_dispatch(inbox_rx));
+    tokio::spawn(hub.clone().run_bus_watch(node.bus_status.clone()));
 
     tracing::info!(
         node_id = %node.config.node_id,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::ws::Utf8Bytes;
-use publisher::wire::Envelope;
+use publisher::wire::{Envelope, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -122,6 +122,9 @@ pub enum ClientFrame {
     Auth {
         /// The JWT.
         token: String,
+        /// Where the personal channel's history left off, to recover it.
+        #[serde(default)]
+        since: Option<Position>,
     },
     /// Set the client type (and a display name).
     Register {
@@ -137,7 +140,7 @@ pub enum ClientFrame {
         channels: Vec<String>,
         /// Positions to recover from, per channel.
         #[serde(default)]
-        since: Option<BTreeMap<String, serde_json::Value>>,
+        since: BTreeMap<String, Position>,
     },
     /// Unsubscribe from channels.
     Unsubscribe {
@@ -157,6 +160,12 @@ pub enum ClientFrame {
     History {
         /// The channel.
         channel: String,
+        /// Only events after this position.
+        #[serde(default)]
+        since: Option<Position>,
+        /// At most this many events (the oldest first).
+        #[serde(default)]
+        limit: Option<usize>,
     },
     /// Read a channel's presence.
     Presence {
@@ -275,6 +284,12 @@ pub enum ServerFrame<'a> {
         heartbeat_interval_ms: u64,
         /// Server time, RFC 3339.
         timestamp: String,
+        /// The personal channel's position, where it keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        position: Option<&'a Position>,
+        /// Whether the personal channel was recovered from the `since` given at connect.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     /// Reply to `register`.
     Registered {
@@ -287,6 +302,12 @@ pub enum ServerFrame<'a> {
         channels: Vec<String>,
         /// Channels refused, with the reason.
         rejected: Vec<Rejection>,
+        /// For each channel subscribed with `since`: whether every missed event follows.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        recovered: BTreeMap<String, bool>,
+        /// The position of each subscribed channel that keeps history.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        positions: BTreeMap<String, Position>,
     },
     /// Reply to `unsubscribe`.
     Unsubscribed {
@@ -301,7 +322,30 @@ pub enum ServerFrame<'a> {
         expires_at: String,
     },
     /// Reply to `publish`.
-    Published {},
+    Published {
+        /// The event's offset, where history is kept.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The channel's epoch, where history is kept.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
+    /// Reply to `history`.
+    History {
+        /// The channel.
+        channel: &'a str,
+        /// Event frames, oldest first.
+        events: Vec<&'a RawValue>,
+        /// The channel's current position.
+        position: &'a Position,
+    },
+    /// History could not fill a gap on a channel: reload its state, then carry on from here.
+    Reload {
+        /// The channel.
+        channel: &'a str,
+        /// The channel's position; live events continue after it.
+        position: &'a Position,
+    },
     /// A frame was refused.
     Error {
         /// What kind of error.

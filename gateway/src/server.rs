@@ -8,6 +8,7 @@ use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use publisher::wire::Position;
 
 use crate::{Node, http_error, session};
 
@@ -60,6 +61,14 @@ async fn upgrade(
             return reject(StatusCode::UNAUTHORIZED, error.reason(), &error.to_string());
         }
     };
+    // The personal channel's recovery position: `?since_offset=41&since_epoch=…`.
+    let since = query
+        .get("since_offset")
+        .and_then(|o| o.parse().ok())
+        .map(|offset| Position {
+            offset,
+            epoch: query.get("since_epoch").cloned().unwrap_or_default(),
+        });
     let limits = &node.config.limits;
     upgrade
         .read_buffer_size(4096)
@@ -67,6 +76,6 @@ async fn upgrade(
         .max_write_buffer_size(16 * 1024 + limits.outbox_max_bytes + limits.max_message_bytes)
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| session::run(node, socket, claims))
+        .on_upgrade(move |socket| session::run(node, socket, claims, since))
         .into_response()
 }

@@ -21,4 +21,7 @@ pub mod wire;
 pub mod doctest;
 
 pub use publish::{Event, PublishError, Publisher, Recipients};
-pub use wire::{ChannelName, ClientType, Envelope, EventName, Target, Topics, UserId, WireError};
+pub use wire::{
+    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
+    WireError,
+};

@@ -37,7 +37,7 @@ pub const RESERVED_EVENT_NAMES: &[&str] = &[
     "refreshed",
     "register",
     "registered",
-    "resubscribe",
+    "reload",
     "subscribe",
     "subscribed",
     "unsubscribe",
@@ -336,6 +336,27 @@ impl Topics {
         format!("{}:broadcast", self.prefix)
     }
 
+    /// The stream holding a channel's history: `<prefix>:{<channel>}:stream`.
+    pub fn history_stream(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:stream", self.prefix)
+    }
+
+    /// The hash with a channel's last offset and epoch: `<prefix>:{<channel>}:meta`.
+    pub fn history_meta(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}:meta", self.prefix)
+    }
+
+    /// The hash of namespace history policies that the gateways publish:
+    /// `<prefix>:namespaces`, field = namespace, value = `"<size> <ttl_ms>"`.
+    pub fn namespaces(&self) -> String {
+        format!("{}:namespaces", self.prefix)
+    }
+
+    /// The key remembering an idempotent publish: `<prefix>:{<channel>}:idem:<key>`.
+    pub fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
+    }
+
     /// The topic a message goes to.
     pub fn for_target(&self, target: Target<'_>) -> String {
         match target {
@@ -344,6 +365,18 @@ impl Topics {
             Target::Broadcast => self.broadcast(),
         }
     }
+}
+
+/// The script that publishes on a channel atomically with its history (see `docs/redis.md`).
+pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+
+/// A channel history's position: the last offset and the epoch it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The offset of the last event (0 before the first).
+    pub offset: u64,
+    /// The epoch; it changes whenever the channel's history is lost.
+    pub epoch: String,
 }
 
 /// The current time as the wire's timestamp: RFC 3339, milliseconds, UTC.

@@ -27,6 +27,28 @@ impl MemoryBus {
         Self::default()
     }
 
+    /// Delivers `payload` to every node subscribed to `topic`, before returning.
+    pub fn publish_now(&self, topic: &str, payload: Bytes) {
+        let nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for node in nodes {
+            let subscribed = node
+                .topics
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(topic);
+            if subscribed {
+                node.inbox.deliver(BusMessage {
+                    topic: topic.to_owned(),
+                    payload: payload.clone(),
+                });
+            }
+        }
+    }
+
     /// Attaches a node whose received messages go to `inbox`.
     pub fn broker(&self, inbox: BusInbox) -> MemoryBroker {
         let node = Arc::new(Node {

@@ -2,25 +2,32 @@
 //!
 //! The hub subscribes the broker to a topic when its first local subscriber arrives and
 //! unsubscribes when the last one leaves, so a node receives only the traffic its own clients
-//! need, and empty channels are freed. Each bus event is decoded and encoded once here, then the
-//! same bytes are queued to every recipient's outbox without waiting.
+//! need, and empty channels are freed. [`fanout`] delivers each bus event, decoded and encoded
+//! once per node, and keeps history channels gap-free (replays, catch-up after bus loss).
+
+mod fanout;
+mod recovery;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use publisher::wire::{
-    ChannelName, ClientType, Envelope, EventName, Target, Topics, UserId, timestamp_now,
+    ChannelName, ClientType, Envelope, EventName, Position, Target, Topics, UserId, timestamp_now,
 };
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::broker::{Broker, BrokerError, BusMessage};
+pub use self::fanout::Delivery;
+pub use self::recovery::Recovery;
+use crate::broker::{Broker, BrokerError};
+use crate::history::{History, HistoryError, Policies, Published};
 use crate::metrics::Metrics;
-use crate::outbox::{OutFrame, Outbox, PushError};
-use crate::protocol::{self, CloseCode, ServerFrame};
+use crate::outbox::{OutFrame, Outbox};
+use crate::protocol::{CloseCode, ServerFrame};
 
 /// A connection's id, unique across the cluster.
 pub type ClientId = Arc<str>;
@@ -37,7 +44,7 @@ pub struct Connection {
     pub outbox: Outbox,
 }
 
-/// Why the hub refused a subscription.
+/// Why the hub refused a subscription or a publish.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// The connection is not (or no longer) in the hub.
@@ -46,9 +53,12 @@ pub enum HubError {
     /// The connection is at its channel limit.
     #[error("at most {0} channels per connection")]
     LimitExceeded(usize),
-    /// The bus did not confirm the subscription.
+    /// The bus did not confirm the subscription or take the publish.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The history store failed.
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// How a bus subscription stands.
@@ -59,9 +69,22 @@ enum BusState {
     Failed(String),
 }
 
+/// One connection on one channel.
+struct Subscriber {
+    outbox: Outbox,
+    /// Events held back while this subscriber's recovery reads history.
+    replay: Option<Vec<(Option<u64>, OutFrame)>>,
+    /// The highest offset this subscriber has been given, so nothing reaches it twice.
+    seen_through: u64,
+}
+
 struct Channel {
-    subscribers: HashMap<ClientId, Outbox>,
+    subscribers: HashMap<ClientId, Subscriber>,
     bus: watch::Receiver<BusState>,
+    /// History channels: the last offset this node delivered, and its epoch.
+    delivered: Option<Position>,
+    /// Events held back while the node catches this channel up from history.
+    catching_up: Option<Vec<Delivery>>,
 }
 
 struct Session {
@@ -81,6 +104,8 @@ struct State {
 
 struct Inner {
     broker: Arc<dyn Broker>,
+    history: Arc<dyn History>,
+    policies: Policies,
     topics: Topics,
     metrics: Arc<Metrics>,
     // A std mutex is right here: every critical section is a few map operations and
@@ -97,12 +122,20 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over `broker`, using `topics` to name bus topics.
-    pub fn new(broker: Arc<dyn Broker>, topics: Topics, metrics: Arc<Metrics>) -> Self {
+    /// A hub over `broker` and `history`, naming bus topics with `topics`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        history: Arc<dyn History>,
+        policies: Policies,
+        topics: Topics,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (session_count, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
                 broker,
+                history,
+                policies,
                 topics,
                 metrics,
                 state: Mutex::new(State::default()),
@@ -119,8 +152,19 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection and subscribes it to its user's personal channel.
-    pub async fn connect(&self, connection: Connection) -> Result<(), HubError> {
+    /// The history store.
+    pub fn history(&self) -> &dyn History {
+        self.inner.history.as_ref()
+    }
+
+    /// Whether a channel's namespace keeps history.
+    pub fn keeps_history(&self, channel: &ChannelName) -> bool {
+        self.inner.policies.of(channel).is_some()
+    }
+
+    /// Adds a connection and subscribes it to its user's personal channel; with `replay`, the
+    /// personal channel holds events back until [`Hub::finish_replay`].
+    pub async fn connect(&self, connection: Connection, replay: bool) -> Result<(), HubError> {
         let personal = ChannelName::personal(&connection.user_id);
         let client_id = Arc::clone(&connection.client_id);
         {
@@ -132,8 +176,7 @@ impl Hub {
             if let Some(client_type) = &connection.client_type {
                 self.join_client_type(&mut state, &client_id, client_type, &connection.outbox);
             }
-            let users = state.users.entry(connection.user_id.clone()).or_insert(0);
-            *users += 1;
+            *state.users.entry(connection.user_id.clone()).or_insert(0) += 1;
             state.sessions.insert(
                 Arc::clone(&client_id),
                 Session {
@@ -145,7 +188,8 @@ impl Hub {
             );
             self.update_gauges(&state);
         }
-        self.subscribe(&client_id, &personal, usize::MAX).await?;
+        self.subscribe(&client_id, &personal, usize::MAX, replay)
+            .await?;
         Ok(())
     }
 
@@ -173,17 +217,19 @@ impl Hub {
         self.update_gauges(&state);
     }
 
-    /// Subscribes a connection to a channel; `Ok(false)` if it already was. `max_channels`
-    /// counts the channels the client asked for, not its personal channel.
+    /// Subscribes a connection to a channel, waiting until the bus confirms; `Ok(false)` if it
+    /// already was. `max_channels` counts the channels the client asked for, not its personal
+    /// channel. With `replay`, events are held back for it until [`Hub::finish_replay`].
     pub async fn subscribe(
         &self,
         client_id: &str,
         channel: &ChannelName,
         max_channels: usize,
+        replay: bool,
     ) -> Result<bool, HubError> {
         let mut bus = {
             let mut state = self.state();
-            let Some(session) = state.sessions.get_mut(client_id) else {
+            let Some((key, session)) = state.sessions.get_key_value(client_id) else {
                 return Err(HubError::UnknownClient);
             };
             if session.channels.contains(channel) {
@@ -193,16 +239,18 @@ impl Hub {
             if !channel.is_personal() && requested >= max_channels {
                 return Err(HubError::LimitExceeded(max_channels));
             }
-            session.channels.insert(channel.clone());
-            let outbox = session.outbox.clone();
-            let (key, _) = state
-                .sessions
-                .get_key_value(client_id)
-                .ok_or(HubError::UnknownClient)?;
             let key = Arc::clone(key);
+            let subscriber = Subscriber {
+                outbox: session.outbox.clone(),
+                replay: replay.then(Vec::new),
+                seen_through: 0,
+            };
+            if let Some(session) = state.sessions.get_mut(client_id) {
+                session.channels.insert(channel.clone());
+            }
             let bus = match state.channels.entry(channel.clone()) {
                 Entry::Occupied(mut entry) => {
-                    entry.get_mut().subscribers.insert(key, outbox);
+                    entry.get_mut().subscribers.insert(key, subscriber);
                     entry.get().bus.clone()
                 }
                 Entry::Vacant(entry) => {
@@ -218,13 +266,13 @@ impl Hub {
                         };
                         let _ = tx.send(state);
                     });
-                    entry
-                        .insert(Channel {
-                            subscribers: HashMap::from([(key, outbox)]),
-                            bus: rx.clone(),
-                        })
-                        .bus
-                        .clone()
+                    let channel = Channel {
+                        subscribers: HashMap::from([(key, subscriber)]),
+                        bus: rx,
+                        delivered: None,
+                        catching_up: None,
+                    };
+                    entry.insert(channel).bus.clone()
                 }
             };
             self.update_gauges(&state);
@@ -261,18 +309,20 @@ impl Hub {
     /// Sets a connection's client type, moving it between client-type topics.
     pub fn set_client_type(&self, client_id: &str, client_type: ClientType) {
         let mut state = self.state();
-        let Some(session) = state.sessions.get_mut(client_id) else {
+        let Some((key, session)) = state.sessions.get_key_value(client_id) else {
             return;
         };
-        let previous = session.client_type.replace(client_type.clone());
-        let outbox = session.outbox.clone();
-        if previous.as_ref() == Some(&client_type) {
+        if session.client_type.as_ref() == Some(&client_type) {
             return;
         }
-        let Some((key, _)) = state.sessions.get_key_value(client_id) else {
-            return;
-        };
-        let key = Arc::clone(key);
+        let (key, outbox, previous) = (
+            Arc::clone(key),
+            session.outbox.clone(),
+            session.client_type.clone(),
+        );
+        if let Some(session) = state.sessions.get_mut(client_id) {
+            session.client_type = Some(client_type.clone());
+        }
         if let Some(previous) = previous {
             self.leave_client_type(&mut state, client_id, &previous);
         }
@@ -326,14 +376,16 @@ impl Hub {
         self.inner.session_count.send_replace(state.sessions.len());
     }
 
-    /// Publishes an event through the bus to every node.
+    /// Publishes an event through the bus to every node: channel events go through history
+    /// (offsets, idempotency) where their namespace keeps it or a key is given.
     pub async fn publish(
         &self,
         target: Target<'_>,
         event: &EventName,
         data: Option<&RawValue>,
         exclude_client: Option<&str>,
-    ) -> Result<(), BrokerError> {
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, HubError> {
         let (channel, client_type, broadcast) = match target {
             Target::Channel(c) => (Some(c.into()), None, false),
             Target::ClientType(t) => (None, Some(t.into()), false),
@@ -350,14 +402,36 @@ impl Hub {
             offset: None,
             epoch: None,
         };
-        let topic = self.inner.topics.for_target(target);
+        let message = Bytes::from(envelope.encode());
         let metrics = &self.inner.metrics;
         let started = std::time::Instant::now();
-        let result = self
-            .inner
-            .broker
-            .publish(topic, envelope.encode().into())
-            .await;
+        let through_history = match target {
+            Target::Channel(name) => ChannelName::parse(name)
+                .ok()
+                .or_else(|| personal_channel(name))
+                .filter(|c| self.keeps_history(c) || idempotency_key.is_some()),
+            _ => None,
+        };
+        let result = match &through_history {
+            Some(channel) => self
+                .inner
+                .history
+                .publish(channel, message, idempotency_key)
+                .await
+                .map_err(HubError::from),
+            None => {
+                let topic = self.inner.topics.for_target(target);
+                self.inner
+                    .broker
+                    .publish(topic, message)
+                    .await
+                    .map(|()| Published {
+                        position: None,
+                        duplicate: false,
+                    })
+                    .map_err(HubError::from)
+            }
+        };
         metrics
             .bus_publish_duration
             .observe(started.elapsed().as_secs_f64());
@@ -370,72 +444,6 @@ impl Hub {
                 .inc();
         }
         result
-    }
-
-    /// Delivers bus messages to local connections until the bus inbox closes.
-    pub async fn run_dispatch(self, mut inbox: mpsc::Receiver<BusMessage>) {
-        while let Some(message) = inbox.recv().await {
-            self.dispatch(&message);
-        }
-    }
-
-    /// Fans one bus message out to the local connections it targets.
-    pub fn dispatch(&self, message: &BusMessage) {
-        let metrics = &self.inner.metrics;
-        metrics.bus_messages_received.inc();
-        let envelope = match Envelope::decode(&message.payload) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                metrics
-                    .messages_dropped
-                    .with_label_values(&["malformed"])
-                    .inc();
-                let seen = self.inner.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                if seen.is_power_of_two() {
-                    tracing::warn!(topic = %message.topic, %error, seen, "malformed bus messages dropped");
-                }
-                return;
-            }
-        };
-        let frame = OutFrame {
-            bytes: protocol::encode_event(&envelope),
-            published_at: humantime::parse_rfc3339(&envelope.timestamp).ok(),
-        };
-        let exclude = envelope.exclude_client.as_deref();
-        let state = self.state();
-        let recipients: Box<dyn Iterator<Item = (&ClientId, &Outbox)>> = match envelope.target() {
-            Ok(Target::Channel(name)) => match state.channels.get(name) {
-                Some(channel) => Box::new(channel.subscribers.iter()),
-                None => return,
-            },
-            Ok(Target::ClientType(name)) => match state.client_types.get(name) {
-                Some(members) => Box::new(members.iter()),
-                None => return,
-            },
-            Ok(Target::Broadcast) => Box::new(state.sessions.iter().map(|(id, s)| (id, &s.outbox))),
-            Err(_) => return,
-        };
-        for (client_id, outbox) in recipients {
-            if exclude == Some(client_id.as_ref()) {
-                continue;
-            }
-            match outbox.push(frame.clone()) {
-                Ok(()) => {}
-                Err(PushError::Overflow) => {
-                    metrics
-                        .messages_dropped
-                        .with_label_values(&["slow_consumer"])
-                        .inc();
-                    tracing::info!(client_id = %client_id, "outbox full: closing slow consumer");
-                }
-                Err(PushError::Closed) => {
-                    metrics
-                        .messages_dropped
-                        .with_label_values(&["closing"])
-                        .inc();
-                }
-            }
-        }
     }
 
     /// Tells every connection to reconnect elsewhere after a jittered delay of at most
@@ -469,6 +477,12 @@ impl Hub {
     pub fn connection_count(&self) -> usize {
         self.state().sessions.len()
     }
+}
+
+/// The personal channel named by `#<user_id>`, for user ids outside the channel charset.
+fn personal_channel(name: &str) -> Option<ChannelName> {
+    let user = UserId::parse(name.strip_prefix('#')?).ok()?;
+    Some(ChannelName::personal(&user))
 }
 
 fn gauge_value(n: usize) -> i64 {

@@ -3,24 +3,25 @@
 //!
 //! A session is one task that owns its socket: it waits on the outbox, the socket, the heartbeat
 //! and the token's expiry at once, and writes every frame that is queued with one flush.
+//! [`frames`] handles each client frame.
+
+mod frames;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use publisher::wire::{ChannelName, ClientType, EventName, Target};
+use publisher::wire::{ChannelName, Position};
 use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 
 use crate::Node;
-use crate::access::{self, Grant};
 use crate::auth::Claims;
-use crate::hub::{ClientId, Connection, HubError};
+use crate::hub::{ClientId, Connection, Recovery};
 use crate::outbox::{CloseSignal, OutFrame, Outbox, OutboxReceiver, outbox};
 use crate::protocol::{
-    ClientFrame, CloseCode, ErrorCode, FrameError, Rejection, RequestId, ServerFrame,
-    parse_client_frame,
+    ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
 };
 use crate::rate::{Strikes, TokenBucket};
 
@@ -44,12 +45,18 @@ enum Ending {
     ByClient(&'static str),
 }
 
-/// Serves an upgraded socket. `claims` is `None` when the token must come in an `auth` frame.
-pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>) {
-    let claims = match claims {
-        Some(claims) => claims,
+/// Serves an upgraded socket. `claims` is `None` when the token must come in an `auth` frame;
+/// `since` is where the personal channel's history left off, when the client recovers it.
+pub async fn run(
+    node: Arc<Node>,
+    mut socket: WebSocket,
+    claims: Option<Claims>,
+    since: Option<Position>,
+) {
+    let (claims, since) = match claims {
+        Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
-            Ok(claims) => claims,
+            Ok(authenticated) => authenticated,
             Err(code) => {
                 node.metrics
                     .disconnections
@@ -65,21 +72,15 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>)
         node.config.limits.outbox_max_bytes,
         node.metrics.outbox_bytes.clone(),
     );
-    let established = ServerFrame::ConnectionEstablished {
-        client_id: &client_id,
-        user_id: claims.user_id.as_str(),
-        node_id: &node.config.node_id,
-        heartbeat_interval_ms: millis(node.config.heartbeat_interval),
-        timestamp: publisher::wire::timestamp_now(),
-    };
-    let _ = tx.push(OutFrame::reply(established.encode(None)));
     let connection = Connection {
         client_id: Arc::clone(&client_id),
         user_id: claims.user_id.clone(),
         client_type: claims.client_type.clone(),
         outbox: tx.clone(),
     };
-    if let Err(error) = node.hub.connect(connection).await {
+    let personal = ChannelName::personal(&claims.user_id);
+    let history = node.hub.keeps_history(&personal);
+    if let Err(error) = node.hub.connect(connection, history).await {
         tracing::warn!(%error, "could not register connection");
         node.hub.disconnect(&client_id);
         node.metrics
@@ -88,6 +89,32 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>)
             .inc();
         close_socket(&mut socket, CloseCode::Internal).await;
         return;
+    }
+    let recovery = if history {
+        node.hub.recover(&personal, since.as_ref()).await
+    } else {
+        Recovery::default()
+    };
+    let established = ServerFrame::ConnectionEstablished {
+        client_id: &client_id,
+        user_id: claims.user_id.as_str(),
+        node_id: &node.config.node_id,
+        heartbeat_interval_ms: millis(node.config.heartbeat_interval),
+        timestamp: publisher::wire::timestamp_now(),
+        position: recovery.top.as_ref(),
+        recovered: recovery.recovered,
+    };
+    // Written ahead of the outbox, where events may already wait.
+    if socket
+        .send(Message::Text(established.encode(None)))
+        .await
+        .is_err()
+    {
+        node.hub.disconnect(&client_id);
+        return;
+    }
+    if history {
+        node.hub.finish_replay(&client_id, &personal, &recovery);
     }
     node.metrics.connections_accepted.inc();
     tracing::debug!(client_id = %client_id, user_id = %claims.user_id, "connected");
@@ -120,7 +147,10 @@ pub async fn run(node: Arc<Node>, mut socket: WebSocket, claims: Option<Claims>)
 }
 
 /// Waits for `{"type":"auth","token":…}` as the first frame.
-async fn first_frame_auth(node: &Node, socket: &mut WebSocket) -> Result<Claims, CloseCode> {
+async fn first_frame_auth(
+    node: &Node,
+    socket: &mut WebSocket,
+) -> Result<(Claims, Option<Position>), CloseCode> {
     let reject = |reason: &'static str| {
         node.metrics
             .connections_rejected
@@ -136,13 +166,14 @@ async fn first_frame_auth(node: &Node, socket: &mut WebSocket) -> Result<Claims,
     let Message::Text(text) = message else {
         return Err(reject("auth_frame"));
     };
-    let Ok((_, ClientFrame::Auth { token })) = parse_client_frame(&text) else {
+    let Ok((_, ClientFrame::Auth { token, since })) = parse_client_frame(&text) else {
         return Err(reject("auth_frame"));
     };
-    node.auth.verify(&token).map_err(|error| {
+    let claims = node.auth.verify(&token).map_err(|error| {
         tracing::debug!(%error, "auth frame refused");
         reject(error.reason())
-    })
+    })?;
+    Ok((claims, since))
 }
 
 struct Session {
@@ -302,7 +333,7 @@ impl Session {
         }
         match parse_client_frame(&text) {
             Ok((id, frame)) => {
-                self.count_frame(frame_label(&frame));
+                self.count_frame(frames::frame_label(&frame));
                 self.handle(id, frame).await
             }
             Err(error) => {
@@ -359,179 +390,6 @@ impl Session {
     fn reply_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
         self.reply(id, ServerFrame::Error { code, message });
     }
-
-    fn grant(&self) -> Grant<'_> {
-        Grant {
-            user_id: &self.claims.user_id,
-            patterns: &self.claims.channels,
-        }
-    }
-
-    async fn handle(&mut self, id: Option<RequestId>, frame: ClientFrame) -> Option<Ending> {
-        let id = id.as_deref();
-        match frame {
-            ClientFrame::Ping | ClientFrame::Heartbeat => self.reply(id, ServerFrame::Pong),
-            ClientFrame::Auth { .. } => {
-                self.reply_error(id, ErrorCode::BadRequest, "already authenticated")
-            }
-            ClientFrame::Register {
-                client_type,
-                client_name: _,
-            } => match ClientType::parse(&client_type) {
-                Ok(client_type) => {
-                    self.node.hub.set_client_type(&self.client_id, client_type);
-                    let client_id = Arc::clone(&self.client_id);
-                    self.reply(
-                        id,
-                        ServerFrame::Registered {
-                            client_id: &client_id,
-                        },
-                    );
-                }
-                Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
-            },
-            ClientFrame::Subscribe { channels, since: _ } => self.subscribe(id, channels).await,
-            ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels),
-            ClientFrame::Refresh { token } => self.refresh(id, &token),
-            ClientFrame::History { channel } | ClientFrame::Presence { channel } => {
-                let message = format!("not available on channel {channel}");
-                self.reply_error(id, ErrorCode::NotAvailable, &message)
-            }
-            ClientFrame::Publish {
-                channel,
-                event,
-                data,
-            } => {
-                let data = data.and_then(|d| serde_json::value::to_raw_value(&d).ok());
-                self.publish(id, &channel, &event, data.as_deref()).await
-            }
-        }
-        None
-    }
-
-    async fn subscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
-        let max = self.node.config.limits.max_channels_per_connection;
-        let mut channels = Vec::new();
-        let mut rejected = Vec::new();
-        for name in dedup(requested) {
-            let reject = |code, message: String| Rejection {
-                channel: name.clone(),
-                code,
-                message,
-            };
-            let channel = match ChannelName::parse(&name) {
-                Ok(channel) => channel,
-                Err(error) => {
-                    rejected.push(reject(ErrorCode::InvalidChannel, error.to_string()));
-                    continue;
-                }
-            };
-            if let Err(denied) =
-                access::may_subscribe(&self.node.config.namespaces, &self.grant(), &channel)
-            {
-                rejected.push(reject(denied.code, denied.message));
-                continue;
-            }
-            match self
-                .node
-                .hub
-                .subscribe(&self.client_id, &channel, max)
-                .await
-            {
-                Ok(_) => channels.push(name),
-                Err(HubError::LimitExceeded(max)) => rejected.push(reject(
-                    ErrorCode::LimitExceeded,
-                    format!("at most {max} channels per connection"),
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, "subscription failed");
-                    rejected.push(reject(ErrorCode::Internal, error.to_string()));
-                }
-            }
-        }
-        self.reply(id, ServerFrame::Subscribed { channels, rejected });
-    }
-
-    fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
-        let mut channels = Vec::new();
-        for name in dedup(requested) {
-            match ChannelName::parse(&name) {
-                // A connection always stays on its personal channel.
-                Ok(channel) if channel.is_personal() => {}
-                Ok(channel) => {
-                    self.node.hub.unsubscribe(&self.client_id, &channel);
-                    channels.push(name);
-                }
-                Err(_) => {}
-            }
-        }
-        self.reply(id, ServerFrame::Unsubscribed { channels });
-    }
-
-    fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
-        match self.node.auth.verify(token) {
-            Ok(claims) if claims.user_id == self.claims.user_id => {
-                let expires_at = humantime::format_rfc3339_millis(claims.expires_at).to_string();
-                self.claims = claims;
-                self.reply(id, ServerFrame::Refreshed { expires_at });
-            }
-            Ok(_) => self.reply_error(id, ErrorCode::Unauthorized, "token is for another user"),
-            Err(error) => self.reply_error(id, ErrorCode::Unauthorized, &error.to_string()),
-        }
-    }
-
-    async fn publish(
-        &mut self,
-        id: Option<&RawValue>,
-        channel: &str,
-        event: &str,
-        data: Option<&RawValue>,
-    ) {
-        let channel = match ChannelName::parse(channel) {
-            Ok(channel) => channel,
-            Err(error) => {
-                return self.reply_error(id, ErrorCode::InvalidChannel, &error.to_string());
-            }
-        };
-        let event = match EventName::parse(event) {
-            Ok(event) => event,
-            Err(error) => return self.reply_error(id, ErrorCode::InvalidEvent, &error.to_string()),
-        };
-        if let Err(denied) =
-            access::may_publish(&self.node.config.namespaces, &self.grant(), &channel)
-        {
-            return self.reply_error(id, denied.code, &denied.message);
-        }
-        let target = Target::Channel(channel.as_str());
-        match self.node.hub.publish(target, &event, data, None).await {
-            Ok(()) => self.reply(id, ServerFrame::Published {}),
-            Err(error) => {
-                tracing::warn!(%error, "client publish failed");
-                self.reply_error(id, ErrorCode::Internal, "publish failed; try again");
-            }
-        }
-    }
-}
-
-fn frame_label(frame: &ClientFrame) -> &'static str {
-    match frame {
-        ClientFrame::Auth { .. } => "auth",
-        ClientFrame::Register { .. } => "register",
-        ClientFrame::Subscribe { .. } => "subscribe",
-        ClientFrame::Unsubscribe { .. } => "unsubscribe",
-        ClientFrame::Ping => "ping",
-        ClientFrame::Heartbeat => "heartbeat",
-        ClientFrame::Refresh { .. } => "refresh",
-        ClientFrame::History { .. } => "history",
-        ClientFrame::Presence { .. } => "presence",
-        ClientFrame::Publish { .. } => "publish",
-    }
-}
-
-fn dedup(mut names: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    names.retain(|n| seen.insert(n.clone()));
-    names
 }
 
 fn millis(duration: Duration) -> u64 {

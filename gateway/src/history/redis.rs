@@ -1,0 +1,216 @@
+//! History in Redis streams, written by the publish script that `publisher` ships.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::Pool;
+use publisher::wire::{ChannelName, PUBLISH_SCRIPT, Position, Topics};
+use redis::Value;
+use tokio::sync::watch;
+
+use super::{History, HistoryError, Page, Policies, Published};
+use crate::broker::BoxFuture;
+
+/// How long one history command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Channel history in Redis streams.
+pub struct RedisHistory {
+    pool: Pool,
+    topics: Topics,
+    policies: Policies,
+    script: redis::Script,
+    idempotency_window: Duration,
+}
+
+impl RedisHistory {
+    /// History over `pool`. Writes the namespaces' policies to `<prefix>:namespaces` now and
+    /// every time `bus_up` turns true, so publishers in any language find them.
+    pub fn new(
+        pool: Pool,
+        topics: Topics,
+        policies: Policies,
+        idempotency_window: Duration,
+        bus_up: watch::Receiver<bool>,
+    ) -> Self {
+        let history = Self {
+            pool,
+            topics,
+            policies,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            idempotency_window,
+        };
+        tokio::spawn(announce_policies(
+            history.pool.clone(),
+            history.topics.namespaces(),
+            history.policies.clone(),
+            bus_up,
+        ));
+        history
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, HistoryError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+    }
+}
+
+/// Keeps `<prefix>:namespaces` in step with this node's configuration, also after Redis lost
+/// its data.
+async fn announce_policies(
+    pool: Pool,
+    key: String,
+    policies: Policies,
+    mut bus_up: watch::Receiver<bool>,
+) {
+    let fields: Vec<(String, String)> = policies
+        .iter()
+        .map(|(ns, p)| (ns.clone(), format!("{} {}", p.size, p.ttl.as_millis())))
+        .collect();
+    loop {
+        if *bus_up.borrow_and_update() && !fields.is_empty() {
+            let written = async {
+                let mut connection = pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&fields)
+                    .query_async::<i64>(&mut *connection)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(error) = written.await {
+                tracing::warn!(%error, "could not publish namespace history policies");
+            }
+        }
+        if bus_up.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn unavailable(error: redis::RedisError) -> HistoryError {
+    HistoryError::Unavailable(error.to_string())
+}
+
+async fn timed<T>(
+    future: impl std::future::Future<Output = Result<T, HistoryError>>,
+) -> Result<T, HistoryError> {
+    tokio::time::timeout(COMMAND_TIMEOUT, future)
+        .await
+        .map_err(|_| HistoryError::Unavailable("history command timed out".into()))?
+}
+
+impl History for RedisHistory {
+    fn publish(
+        &self,
+        channel: &ChannelName,
+        message: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> BoxFuture<'_, Result<Published, HistoryError>> {
+        let name = channel.as_str();
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(self.topics.history_stream(name))
+            .key(self.topics.history_meta(name))
+            .key(self.topics.namespaces())
+            .key(
+                idempotency_key
+                    .map(|k| self.topics.idempotency(name, k))
+                    .unwrap_or_default(),
+            )
+            .arg(self.topics.channel(name))
+            .arg(message.as_ref())
+            .arg(channel.namespace())
+            .arg(self.idempotency_window.as_millis().to_string())
+            .arg(
+                self.policies
+                    .of(channel)
+                    .map(|p| format!("{} {}", p.size, p.ttl.as_millis()))
+                    .unwrap_or_default(),
+            );
+        Box::pin(timed(async move {
+            let mut connection = self.connection().await?;
+            let (offset, epoch, duplicate): (u64, String, u8) = invocation
+                .invoke_async(&mut *connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(Published {
+                position: (offset > 0).then_some(Position { offset, epoch }),
+                duplicate: duplicate == 1,
+            })
+        }))
+    }
+
+    fn read(
+        &self,
+        channel: &ChannelName,
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Result<Page, HistoryError>> {
+        let name = channel.as_str();
+        let size = self.policies.of(channel).map_or(0, |p| p.size);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .cmd("HMGET")
+            .arg(self.topics.history_meta(name))
+            .arg("offset")
+            .arg("epoch");
+        if let Some(since) = since {
+            pipeline
+                .cmd("XRANGE")
+                .arg(self.topics.history_stream(name))
+                .arg(format!("(0-{since}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(size.max(1));
+        }
+        Box::pin(timed(async move {
+            let mut connection = self.connection().await?;
+            let replies: Vec<Value> = pipeline
+                .query_async(&mut *connection)
+                .await
+                .map_err(unavailable)?;
+            let mut replies = replies.into_iter();
+            let (offset, epoch): (Option<u64>, Option<String>) =
+                redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+                    .map_err(|e| HistoryError::Protocol(e.to_string()))?;
+            let events = match replies.next() {
+                Some(entries) => parse_entries(entries)?,
+                None => Vec::new(),
+            };
+            Ok(Page {
+                events,
+                top: Position {
+                    offset: offset.unwrap_or(0),
+                    epoch: epoch.unwrap_or_default(),
+                },
+            })
+        }))
+    }
+}
+
+/// One XRANGE entry: its id and its field-value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// Reads XRANGE entries `[["0-<offset>", ["m", message]], …]`.
+fn parse_entries(reply: Value) -> Result<Vec<(u64, Bytes)>, HistoryError> {
+    let entries: Vec<StreamEntry> =
+        redis::from_redis_value(reply).map_err(|e| HistoryError::Protocol(e.to_string()))?;
+    entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let offset = id
+                .strip_prefix("0-")
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| HistoryError::Protocol(format!("stream entry id {id:?}")))?;
+            let message = fields
+                .into_iter()
+                .find(|(name, _)| name == "m")
+                .map(|(_, message)| Bytes::from(message))
+                .ok_or_else(|| HistoryError::Protocol(format!("stream entry {id} has no m")))?;
+            Ok((offset, message))
+        })
+        .collect()
+}

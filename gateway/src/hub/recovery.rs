@@ -1,0 +1,143 @@
+//! Recovery of one subscriber: the events it missed, read from history, before it goes live.
+
+use std::time::SystemTime;
+
+use publisher::wire::{ChannelName, Position};
+use serde_json::value::RawValue;
+
+use super::Hub;
+use super::fanout::{Delivery, give};
+use crate::history::{HistoryError, Page};
+
+/// What a (re)subscription to a history channel found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// The events after the client's position, when it recovers; empty otherwise.
+    pub replayed: Vec<Delivery>,
+    /// The channel's position, when history could be read.
+    pub top: Option<Position>,
+    /// With a client position: whether every missed event is in `replayed`.
+    pub recovered: Option<bool>,
+}
+
+impl Hub {
+    /// Reads what a subscriber at `since` missed; without `since`, just the position.
+    pub async fn recover(&self, channel: &ChannelName, since: Option<&Position>) -> Recovery {
+        let page = match self
+            .inner
+            .history
+            .read(channel, since.map(|p| p.offset))
+            .await
+        {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%channel, %error, "history unavailable for a recovery");
+                return Recovery {
+                    recovered: since.map(|_| false),
+                    ..Recovery::default()
+                };
+            }
+        };
+        let Some(since) = since else {
+            return Recovery {
+                top: Some(page.top),
+                ..Recovery::default()
+            };
+        };
+        let continues = page.continues(since);
+        let replayed = self.fresh_events(channel, &page);
+        let recovered = continues && replayed.len() == page.events.len();
+        Recovery {
+            replayed: if recovered { replayed } else { Vec::new() },
+            top: Some(page.top),
+            recovered: Some(recovered),
+        }
+    }
+
+    /// The page's events that are still within the namespace's history age, decoded.
+    fn fresh_events(&self, channel: &ChannelName, page: &Page) -> Vec<Delivery> {
+        let ttl = self.inner.policies.of(channel).map(|p| p.ttl);
+        let now = SystemTime::now();
+        page.events
+            .iter()
+            .filter_map(|(_, message)| Delivery::decode(message).ok())
+            .filter(|delivery| {
+                let age = delivery
+                    .published_at()
+                    .and_then(|at| now.duration_since(at).ok())
+                    .unwrap_or_default();
+                ttl.is_none_or(|ttl| age <= ttl)
+            })
+            .collect()
+    }
+
+    /// Ends a subscriber's recovery: gives it the replayed events, then those held for it
+    /// that came after the position it was told.
+    pub fn finish_replay(&self, client_id: &str, channel: &ChannelName, recovery: &Recovery) {
+        let metrics = &self.inner.metrics;
+        let top = recovery.top.clone().unwrap_or(Position {
+            offset: 0,
+            epoch: String::new(),
+        });
+        let mut state = self.state();
+        let Some(entry) = state.channels.get_mut(channel) else {
+            return;
+        };
+        if entry.delivered.is_none() && entry.catching_up.is_none() && recovery.top.is_some() {
+            entry.delivered = Some(top.clone());
+        }
+        let Some(subscriber) = entry.subscribers.get_mut(client_id) else {
+            return;
+        };
+        let held = subscriber.replay.take().unwrap_or_default();
+        for delivery in &recovery.replayed {
+            if !delivery.excludes(client_id) {
+                give(
+                    subscriber,
+                    client_id,
+                    delivery.offset(),
+                    delivery.frame(),
+                    metrics,
+                );
+            }
+        }
+        subscriber.seen_through = subscriber.seen_through.max(top.offset);
+        for (offset, frame) in held {
+            give(subscriber, client_id, offset, &frame, metrics);
+        }
+    }
+
+    /// A channel's stored events as client frames, and its position; `None` where the
+    /// namespace keeps no history. With `since` (in the current epoch), the first `limit`
+    /// events after it; without, the last `limit`.
+    pub async fn history_page(
+        &self,
+        channel: &ChannelName,
+        since: Option<&Position>,
+        limit: Option<usize>,
+    ) -> Result<Option<(Vec<Box<RawValue>>, Position)>, HistoryError> {
+        let Some(policy) = self.inner.policies.of(channel) else {
+            return Ok(None);
+        };
+        let limit = limit.unwrap_or(policy.size).min(policy.size);
+        let history = &self.inner.history;
+        let mut page = history
+            .read(channel, Some(since.map_or(0, |p| p.offset)))
+            .await?;
+        let in_epoch = since.is_some_and(|p| p.epoch == page.top.epoch);
+        if since.is_some() && !in_epoch {
+            page = history.read(channel, Some(0)).await?;
+        }
+        let mut events = self.fresh_events(channel, &page);
+        if in_epoch {
+            events.truncate(limit);
+        } else if events.len() > limit {
+            events.drain(..events.len() - limit);
+        }
+        let frames = events
+            .iter()
+            .filter_map(|d| RawValue::from_string(d.frame().bytes.to_string()).ok())
+            .collect();
+        Ok(Some((frames, page.top)))
+    }
+}

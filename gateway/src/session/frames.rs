@@ -1,0 +1,289 @@
+//! What a session does with each client frame once it is parsed and admitted.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use publisher::wire::{ChannelName, ClientType, EventName, Position, Target};
+use serde_json::value::RawValue;
+
+use super::{Ending, Session};
+use crate::access::{self, Grant};
+use crate::hub::HubError;
+use crate::protocol::{ClientFrame, ErrorCode, Rejection, RequestId, ServerFrame};
+
+impl Session {
+    fn grant(&self) -> Grant<'_> {
+        Grant {
+            user_id: &self.claims.user_id,
+            patterns: &self.claims.channels,
+        }
+    }
+
+    pub(super) async fn handle(
+        &mut self,
+        id: Option<RequestId>,
+        frame: ClientFrame,
+    ) -> Option<Ending> {
+        let id = id.as_deref();
+        match frame {
+            ClientFrame::Ping | ClientFrame::Heartbeat => self.reply(id, ServerFrame::Pong),
+            ClientFrame::Auth { .. } => {
+                self.reply_error(id, ErrorCode::BadRequest, "already authenticated")
+            }
+            ClientFrame::Register {
+                client_type,
+                client_name: _,
+            } => match ClientType::parse(&client_type) {
+                Ok(client_type) => {
+                    self.node.hub.set_client_type(&self.client_id, client_type);
+                    let client_id = Arc::clone(&self.client_id);
+                    let registered = ServerFrame::Registered {
+                        client_id: &client_id,
+                    };
+                    self.reply(id, registered);
+                }
+                Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
+            },
+            ClientFrame::Subscribe { channels, since } => self.subscribe(id, channels, since).await,
+            ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels),
+            ClientFrame::Refresh { token } => self.refresh(id, &token),
+            ClientFrame::History {
+                channel,
+                since,
+                limit,
+            } => self.history(id, &channel, since, limit).await,
+            ClientFrame::Presence { channel } => {
+                let message = format!("presence is not kept on channel {channel}");
+                self.reply_error(id, ErrorCode::NotAvailable, &message)
+            }
+            ClientFrame::Publish {
+                channel,
+                event,
+                data,
+            } => {
+                let data = data.and_then(|d| serde_json::value::to_raw_value(&d).ok());
+                self.publish(id, &channel, &event, data.as_deref()).await
+            }
+        }
+        None
+    }
+
+    /// Checks a channel named by the client: its name, then whether it may subscribe.
+    fn allowed_channel(&self, name: &str) -> Result<ChannelName, (ErrorCode, String)> {
+        let channel =
+            ChannelName::parse(name).map_err(|e| (ErrorCode::InvalidChannel, e.to_string()))?;
+        access::may_subscribe(&self.node.config.namespaces, &self.grant(), &channel)
+            .map_err(|denied| (denied.code, denied.message))?;
+        Ok(channel)
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<&RawValue>,
+        requested: Vec<String>,
+        since: BTreeMap<String, Position>,
+    ) {
+        let hub = &self.node.hub;
+        let max = self.node.config.limits.max_channels_per_connection;
+        let mut channels = Vec::new();
+        let mut rejected = Vec::new();
+        let mut with_history = Vec::new();
+        for name in dedup(requested) {
+            let reject = |(code, message)| Rejection {
+                channel: name.clone(),
+                code,
+                message,
+            };
+            let channel = match self.allowed_channel(&name) {
+                Ok(channel) => channel,
+                Err(denied) => {
+                    rejected.push(reject(denied));
+                    continue;
+                }
+            };
+            let history = hub.keeps_history(&channel);
+            match hub.subscribe(&self.client_id, &channel, max, history).await {
+                Ok(newly) => {
+                    if history && newly {
+                        with_history.push(channel);
+                    }
+                    channels.push(name);
+                }
+                Err(HubError::LimitExceeded(max)) => rejected.push(reject((
+                    ErrorCode::LimitExceeded,
+                    format!("at most {max} channels per connection"),
+                ))),
+                Err(error) => {
+                    tracing::warn!(%error, "subscription failed");
+                    rejected.push(reject((ErrorCode::Internal, error.to_string())));
+                }
+            }
+        }
+        let mut recovered = BTreeMap::new();
+        let mut positions = BTreeMap::new();
+        let mut recoveries = Vec::new();
+        for channel in with_history {
+            let position = since.get(channel.as_str());
+            let recovery = hub.recover(&channel, position).await;
+            if let Some(result) = recovery.recovered {
+                recovered.insert(channel.to_string(), result);
+                self.count_recovery(result);
+            }
+            if let Some(top) = &recovery.top {
+                positions.insert(channel.to_string(), top.clone());
+            }
+            recoveries.push((channel, recovery));
+        }
+        let subscribed = ServerFrame::Subscribed {
+            channels,
+            rejected,
+            recovered,
+            positions,
+        };
+        self.reply(id, subscribed);
+        for (channel, recovery) in recoveries {
+            hub.finish_replay(&self.client_id, &channel, &recovery);
+        }
+    }
+
+    pub(super) fn count_recovery(&self, recovered: bool) {
+        let result = if recovered {
+            "recovered"
+        } else {
+            "not_recovered"
+        };
+        self.node
+            .metrics
+            .recoveries
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
+        let mut channels = Vec::new();
+        for name in dedup(requested) {
+            match ChannelName::parse(&name) {
+                // A connection always stays on its personal channel.
+                Ok(channel) if channel.is_personal() => {}
+                Ok(channel) => {
+                    self.node.hub.unsubscribe(&self.client_id, &channel);
+                    channels.push(name);
+                }
+                Err(_) => {}
+            }
+        }
+        self.reply(id, ServerFrame::Unsubscribed { channels });
+    }
+
+    fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
+        match self.node.auth.verify(token) {
+            Ok(claims) if claims.user_id == self.claims.user_id => {
+                let expires_at = humantime::format_rfc3339_millis(claims.expires_at).to_string();
+                self.claims = claims;
+                self.reply(id, ServerFrame::Refreshed { expires_at });
+            }
+            Ok(_) => self.reply_error(id, ErrorCode::Unauthorized, "token is for another user"),
+            Err(error) => self.reply_error(id, ErrorCode::Unauthorized, &error.to_string()),
+        }
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<&RawValue>,
+        name: &str,
+        since: Option<Position>,
+        limit: Option<usize>,
+    ) {
+        let channel = match self.allowed_channel(name) {
+            Ok(channel) => channel,
+            Err((code, message)) => return self.reply_error(id, code, &message),
+        };
+        match self
+            .node
+            .hub
+            .history_page(&channel, since.as_ref(), limit)
+            .await
+        {
+            Ok(Some((events, position))) => {
+                let events: Vec<&RawValue> = events.iter().map(AsRef::as_ref).collect();
+                let history = ServerFrame::History {
+                    channel: channel.as_str(),
+                    events,
+                    position: &position,
+                };
+                self.reply(id, history);
+            }
+            Ok(None) => {
+                let message = format!("history is not kept on channel {channel}");
+                self.reply_error(id, ErrorCode::NotAvailable, &message)
+            }
+            Err(error) => self.reply_error(id, ErrorCode::Internal, &error.to_string()),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<&RawValue>,
+        channel: &str,
+        event: &str,
+        data: Option<&RawValue>,
+    ) {
+        let channel = match ChannelName::parse(channel) {
+            Ok(channel) => channel,
+            Err(error) => {
+                return self.reply_error(id, ErrorCode::InvalidChannel, &error.to_string());
+            }
+        };
+        let event = match EventName::parse(event) {
+            Ok(event) => event,
+            Err(error) => {
+                return self.reply_error(id, ErrorCode::InvalidEvent, &error.to_string());
+            }
+        };
+        let namespaces = &self.node.config.namespaces;
+        if let Err(denied) = access::may_publish(namespaces, &self.grant(), &channel) {
+            return self.reply_error(id, denied.code, &denied.message);
+        }
+        let target = Target::Channel(channel.as_str());
+        match self
+            .node
+            .hub
+            .publish(target, &event, data, None, None)
+            .await
+        {
+            Ok(published) => {
+                let position = published.position.as_ref();
+                let reply = ServerFrame::Published {
+                    offset: position.map(|p| p.offset),
+                    epoch: position.map(|p| p.epoch.as_str()),
+                };
+                self.reply(id, reply);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "client publish failed");
+                self.reply_error(id, ErrorCode::Internal, "publish failed; try again");
+            }
+        }
+    }
+}
+
+pub(super) fn frame_label(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Register { .. } => "register",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Ping => "ping",
+        ClientFrame::Heartbeat => "heartbeat",
+        ClientFrame::Refresh { .. } => "refresh",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::Publish { .. } => "publish",
+    }
+}
+
+fn dedup(mut names: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
