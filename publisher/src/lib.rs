@@ -20,7 +20,7 @@ pub mod wire;
 #[doc(hidden)]
 pub mod doctest;
 
-pub use publish::{Event, PublishError, Publisher, Recipients};
+pub use publish::{Event, PublishError, Publisher, Receipt, Recipients};
 pub use wire::{
     ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
     WireError,

@@ -1,14 +1,21 @@
 //! The publisher: typed events to channels, users, client types or everyone, over Redis.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, Runtime};
+use redis::Value;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::wire::{
-    ChannelName, ClientType, Envelope, EventName, Target, Topics, UserId, WireError, timestamp_now,
+    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
+    WireError, timestamp_now,
 };
+
+/// How long the gateways remember an idempotency key set by this publisher.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +35,20 @@ pub enum PublishError {
     /// Redis refused or failed the command.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered the publish script with something unexpected.
+    #[error("unexpected reply to the publish script: {0}")]
+    Reply(String),
+}
+
+/// What one published message became: one per channel for channel events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The channel, for channel and user events.
+    pub channel: Option<ChannelName>,
+    /// The event's offset and epoch, where the channel's namespace keeps history.
+    pub position: Option<Position>,
+    /// The idempotency key was seen: nothing was published this time.
+    pub duplicate: bool,
 }
 
 /// Who receives an event.
@@ -52,6 +73,14 @@ pub struct Event {
     name: EventName,
     data: Box<RawValue>,
     exclude_client: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// One bus message of an event, ready for Redis.
+struct Message {
+    channel: Option<ChannelName>,
+    topic: String,
+    payload: Vec<u8>,
 }
 
 impl Event {
@@ -79,6 +108,7 @@ impl Event {
             name: EventName::parse(name)?,
             data: serde_json::value::to_raw_value(data).map_err(PublishError::Data)?,
             exclude_client: None,
+            idempotency_key: None,
         })
     }
 
@@ -137,6 +167,13 @@ impl Event {
         self
     }
 
+    /// Publishes at most once per key within the gateways' idempotency window (channel and
+    /// user events): a repeat answers the first publish's position and delivers nothing.
+    pub fn idempotent(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
     /// The event name.
     pub fn name(&self) -> &str {
         self.name.as_str()
@@ -147,26 +184,28 @@ impl Event {
         &self.recipients
     }
 
-    /// Each (topic, bus message) this event becomes: one per channel.
-    fn messages(&self, topics: &Topics) -> Vec<(String, Vec<u8>)> {
+    /// Each bus message this event becomes: one per channel.
+    fn messages(&self, topics: &Topics) -> Vec<Message> {
         let timestamp = timestamp_now();
-        let personal;
-        let targets: Vec<Target<'_>> = match &self.recipients {
-            Recipients::Channel(channel) => vec![Target::Channel(channel.as_str())],
-            Recipients::Channels(channels) => channels
-                .iter()
-                .map(|c| Target::Channel(c.as_str()))
-                .collect(),
-            Recipients::User(user) => {
-                personal = ChannelName::personal(user);
-                vec![Target::Channel(personal.as_str())]
+        let channels: Vec<ChannelName> = match &self.recipients {
+            Recipients::Channel(channel) => vec![channel.clone()],
+            Recipients::Channels(channels) => channels.clone(),
+            Recipients::User(user) => vec![ChannelName::personal(user)],
+            Recipients::ClientType(_) | Recipients::Broadcast => Vec::new(),
+        };
+        let targets: Vec<(Option<&ChannelName>, Target<'_>)> = match &self.recipients {
+            Recipients::ClientType(client_type) => {
+                vec![(None, Target::ClientType(client_type.as_str()))]
             }
-            Recipients::ClientType(client_type) => vec![Target::ClientType(client_type.as_str())],
-            Recipients::Broadcast => vec![Target::Broadcast],
+            Recipients::Broadcast => vec![(None, Target::Broadcast)],
+            _ => channels
+                .iter()
+                .map(|c| (Some(c), Target::Channel(c.as_str())))
+                .collect(),
         };
         targets
             .into_iter()
-            .map(|target| {
+            .map(|(owner, target)| {
                 let (channel, client_type, broadcast) = match target {
                     Target::Channel(c) => (Some(c.into()), None, false),
                     Target::ClientType(t) => (None, Some(t.into()), false),
@@ -183,7 +222,11 @@ impl Event {
                     offset: None,
                     epoch: None,
                 };
-                (topics.for_target(target), envelope.encode())
+                Message {
+                    channel: owner.cloned(),
+                    topic: topics.for_target(target),
+                    payload: envelope.encode(),
+                }
             })
             .collect()
     }
@@ -205,6 +248,8 @@ impl Event {
 pub struct Publisher {
     pool: Pool,
     topics: Topics,
+    script: Arc<redis::Script>,
+    script_loaded: Arc<AtomicBool>,
 }
 
 impl Publisher {
@@ -232,6 +277,8 @@ impl Publisher {
         Self {
             pool,
             topics: Topics::new("gw"),
+            script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
+            script_loaded: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -241,12 +288,14 @@ impl Publisher {
         self
     }
 
-    /// Publishes one event.
-    pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+    /// Publishes one event. Channel and user events go through the history script, so they
+    /// get offsets where their namespace keeps history; there is one receipt per channel.
+    pub async fn publish(&self, event: &Event) -> Result<Vec<Receipt>, PublishError> {
         self.publish_batch(std::slice::from_ref(event)).await
     }
 
-    /// Publishes many events in one pipelined round trip, in order.
+    /// Publishes many events in one pipelined round trip, in order; the receipts follow the
+    /// events' messages in order.
     ///
     /// ```
     /// # publisher::doctest::with_redis(|url| async move {
@@ -255,21 +304,123 @@ impl Publisher {
     /// let events = (0..100)
     ///     .map(|i| Event::to_channel("jobs", "job_progress", &i))
     ///     .collect::<Result<Vec<_>, _>>()?;
-    /// publisher.publish_batch(&events).await?;
+    /// let receipts = publisher.publish_batch(&events).await?;
+    /// assert_eq!(receipts.len(), 100);
     /// # Ok::<(), publisher::PublishError>(())
     /// # });
     /// ```
-    pub async fn publish_batch(&self, events: &[Event]) -> Result<(), PublishError> {
-        let mut pipeline = redis::pipe();
+    pub async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Receipt>, PublishError> {
+        let mut messages = Vec::new();
         for event in events {
-            for (topic, payload) in event.messages(&self.topics) {
-                pipeline.cmd("PUBLISH").arg(topic).arg(payload).ignore();
+            for message in event.messages(&self.topics) {
+                messages.push((event.idempotency_key.as_deref(), message));
             }
         }
         let mut connection = self.pool.get().await?;
-        pipeline.query_async::<()>(&mut *connection).await?;
-        Ok(())
+        let all: Vec<usize> = (0..messages.len()).collect();
+        let mut replies = match self.run(&mut connection, &messages, &all).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis lost its scripts (a restart): none of the script calls ran, so run
+                // exactly those again after loading it.
+                self.script_loaded.store(false, Ordering::Release);
+                let scripted: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|i| messages[*i].1.channel.is_some())
+                    .collect();
+                let again = self.run(&mut connection, &messages, &scripted).await?;
+                let mut replies = vec![Value::Nil; messages.len()];
+                for (index, reply) in scripted.into_iter().zip(again) {
+                    replies[index] = reply;
+                }
+                replies
+            }
+            other => other?,
+        };
+        messages
+            .into_iter()
+            .zip(replies.iter_mut())
+            .map(|((_, message), reply)| receipt(message.channel, std::mem::take(reply)))
+            .collect()
     }
+
+    /// Sends the messages at `indexes` in one pipeline; returns one reply per message.
+    async fn run(
+        &self,
+        connection: &mut deadpool_redis::Connection,
+        messages: &[(Option<&str>, Message)],
+        indexes: &[usize],
+    ) -> Result<Vec<Value>, redis::RedisError> {
+        let mut pipeline = redis::pipe();
+        let load = !self.script_loaded.load(Ordering::Acquire);
+        if load {
+            pipeline.load_script(&self.script).ignore();
+        }
+        let window = IDEMPOTENCY_WINDOW.as_millis().to_string();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = indexes
+            .iter()
+            .filter_map(|i| {
+                let (key, message) = &messages[*i];
+                let channel = message.channel.as_ref()?;
+                let mut invocation = self.script.prepare_invoke();
+                invocation
+                    .key(self.topics.history_stream(channel.as_str()))
+                    .key(self.topics.history_meta(channel.as_str()))
+                    .key(self.topics.namespaces())
+                    .key(
+                        key.map(|k| self.topics.idempotency(channel.as_str(), k))
+                            .unwrap_or_default(),
+                    )
+                    .arg(&message.topic)
+                    .arg(&message.payload)
+                    .arg(channel.namespace())
+                    .arg(&window)
+                    .arg("");
+                Some(invocation)
+            })
+            .collect();
+        let mut scripted = invocations.iter();
+        for index in indexes {
+            let message = &messages[*index].1;
+            let invocation = message.channel.as_ref().and_then(|_| scripted.next());
+            match invocation {
+                Some(invocation) => {
+                    pipeline.invoke_script(invocation);
+                }
+                None => {
+                    pipeline
+                        .cmd("PUBLISH")
+                        .arg(&message.topic)
+                        .arg(&message.payload);
+                }
+            }
+        }
+        let replies: Vec<Value> = pipeline.query_async(&mut **connection).await?;
+        if load {
+            self.script_loaded.store(true, Ordering::Release);
+        }
+        Ok(replies)
+    }
+}
+
+/// Reads the script's `[offset, epoch, duplicate]`, or PUBLISH's receiver count.
+fn receipt(channel: Option<ChannelName>, reply: Value) -> Result<Receipt, PublishError> {
+    if channel.is_none() {
+        return Ok(Receipt {
+            channel,
+            position: None,
+            duplicate: false,
+        });
+    }
+    let (offset, epoch, duplicate): (u64, String, u8) =
+        redis::from_redis_value(reply).map_err(|e| PublishError::Reply(e.to_string()))?;
+    Ok(Receipt {
+        channel,
+        position: (offset > 0).then_some(Position { offset, epoch }),
+        duplicate: duplicate == 1,
+    })
 }
 
 #[cfg(test)]
@@ -281,8 +432,8 @@ mod tests {
         let event = Event::to_user("42", "hello", &1).unwrap();
         let messages = event.messages(&Topics::new("gw"));
         assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].0, "gw:ch:#42");
-        let envelope = Envelope::decode(&messages[0].1).unwrap();
+        assert_eq!(messages[0].topic, "gw:ch:#42");
+        let envelope = Envelope::decode(&messages[0].payload).unwrap();
         assert_eq!(envelope.target().unwrap(), Target::Channel("#42"));
         assert_eq!(envelope.data.unwrap().get(), "1");
     }
@@ -293,9 +444,9 @@ mod tests {
             .unwrap()
             .excluding("c1");
         let messages = event.messages(&Topics::new("p"));
-        let topics: Vec<_> = messages.iter().map(|(t, _)| t.as_str()).collect();
+        let topics: Vec<_> = messages.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(topics, ["p:ch:a", "p:ch:b:c"]);
-        let envelope = Envelope::decode(&messages[1].1).unwrap();
+        let envelope = Envelope::decode(&messages[1].payload).unwrap();
         assert_eq!(envelope.exclude_client.as_deref(), Some("c1"));
     }
 

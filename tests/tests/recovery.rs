@@ -383,3 +383,46 @@ async fn the_in_memory_bus_recovers_the_same_way() {
     assert_eq!(reply["recovered"]["jobs"], true, "{reply}");
     assert_consecutive(&offsets_until(&mut back, "jobs", 12).await, 2, 12);
 }
+
+#[tokio::test]
+async fn the_publisher_library_gets_offsets_and_survives_a_script_flush() {
+    use publisher::{Event, Publisher};
+    let redis = TestRedis::start().await;
+    let gws = replicas(&redis, 1).await;
+    let mut client = gws[0].connect_as("u1").await;
+    client.subscribe_ok(&["jobs"]).await;
+    let publisher = Publisher::connect(&redis.url()).unwrap();
+    let receipts = publisher
+        .publish(&Event::to_channel("jobs", "tick", &1).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(receipts[0].position.as_ref().unwrap().offset, 1);
+
+    // Redis forgets its scripts: the next batch loads it again and publishes each event once.
+    redis.cli(&["SCRIPT", "FLUSH"]).await;
+    let batch = [
+        Event::to_channel("jobs", "tick", &2).unwrap(),
+        Event::broadcast("notice", &"all").unwrap(),
+        Event::to_channel("jobs", "tick", &3).unwrap(),
+    ];
+    let receipts = publisher.publish_batch(&batch).await.unwrap();
+    let offsets: Vec<Option<u64>> = receipts
+        .iter()
+        .map(|r| r.position.as_ref().map(|p| p.offset))
+        .collect();
+    assert_eq!(offsets, [Some(2), None, Some(3)]);
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        let frame = client.recv().await;
+        kinds.push(format!(
+            "{}:{}",
+            frame["type"].as_str().unwrap(),
+            frame["data"]
+        ));
+    }
+    // Each event once; per channel in order (order across topics is not promised).
+    let ticks: Vec<&String> = kinds.iter().filter(|k| k.starts_with("tick")).collect();
+    assert_eq!(ticks, ["tick:1", "tick:2", "tick:3"]);
+    assert_eq!(kinds.iter().filter(|k| k.starts_with("notice")).count(), 1);
+    client.expect_no_frame(Duration::from_millis(300)).await;
+}

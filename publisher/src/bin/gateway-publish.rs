@@ -47,6 +47,9 @@ struct Args {
     /// A client_id that must not receive the event.
     #[arg(long)]
     exclude_client: Option<String>,
+    /// Publish at most once per key (channel and user events).
+    #[arg(long)]
+    idempotency_key: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,7 +81,21 @@ async fn main() -> anyhow::Result<()> {
         Some(client_id) => event.excluding(client_id),
         None => event,
     };
+    let event = match args.idempotency_key {
+        Some(key) => event.idempotent(key),
+        None => event,
+    };
     let publisher = Publisher::connect(&args.redis_url)?.with_prefix(args.prefix);
-    publisher.publish(&event).await.context("publishing")?;
+    let receipts = publisher.publish(&event).await.context("publishing")?;
+    // One line per channel with its position, where history is kept: `jobs 42 1795…`.
+    for receipt in receipts {
+        if let (Some(channel), Some(position)) = (receipt.channel, receipt.position) {
+            let duplicate = if receipt.duplicate { " duplicate" } else { "" };
+            println!(
+                "{channel} {} {}{duplicate}",
+                position.offset, position.epoch
+            );
+        }
+    }
     Ok(())
 }
