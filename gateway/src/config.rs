@@ -131,6 +131,13 @@ pub struct Args {
     /// Upper bound of the jittered `reconnect_after_ms` sent when draining [default: 5s].
     #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_MAX", value_parser = duration)]
     pub drain_reconnect_max: Option<Duration>,
+    /// How long a node's lease lasts; a node silent this long is dropped from the cluster
+    /// view [default: 10s].
+    #[arg(long, env = "GATEWAY_NODE_LEASE", value_parser = duration)]
+    pub node_lease: Option<Duration>,
+    /// Connections one user may hold across the cluster; 0 is unlimited [default: 0].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
     /// How long an idempotency key is remembered [default: 5m].
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", value_parser = duration)]
     pub idempotency_window: Option<Duration>,
@@ -172,6 +179,9 @@ struct FileConfig {
     drain_reconnect_max: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     idempotency_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    node_lease: Option<Duration>,
+    max_connections_per_user: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     namespaces: HashMap<String, NamespaceConfig>,
@@ -292,6 +302,10 @@ pub struct Config {
     pub drain_reconnect_max: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// How long a node's lease lasts.
+    pub node_lease: Duration,
+    /// Connections one user may hold across the cluster; 0 is unlimited.
+    pub max_connections_per_user: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Namespace rules.
@@ -387,6 +401,14 @@ impl Config {
                 .drain_reconnect_max
                 .or(file.drain_reconnect_max)
                 .unwrap_or(Duration::from_secs(5)),
+            node_lease: args
+                .node_lease
+                .or(file.node_lease)
+                .unwrap_or(Duration::from_secs(10)),
+            max_connections_per_user: args
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(0),
             idempotency_window: args
                 .idempotency_window
                 .or(file.idempotency_window)
@@ -466,6 +488,9 @@ impl Config {
                 "GATEWAY_RATE_LIMIT_PER_SECOND and GATEWAY_RATE_LIMIT_BURST must be at least 1"
                     .into(),
             );
+        }
+        if self.node_lease < Duration::from_secs(1) {
+            return invalid("GATEWAY_NODE_LEASE must be at least 1s".into());
         }
         if self.heartbeat_interval < Duration::from_secs(1) {
             return invalid("GATEWAY_HEARTBEAT_INTERVAL must be at least 1s".into());

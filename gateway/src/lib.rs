@@ -9,6 +9,7 @@
 //! - [`hub`]: this node's connections and subscriptions; fans bus events out.
 //! - [`broker`]: the bus between nodes: in memory or Redis.
 //! - [`history`]: channel history (offsets, epochs, stored events): in memory or Redis.
+//! - [`cluster`]: leases, cluster-wide queries and operator actions, presence.
 //!
 //! Beside them: [`protocol`] (frames, error and close codes), [`auth`] (JWT), [`access`]
 //! (who may subscribe or publish where), [`rate`] (per-connection limits), [`metrics`], and
@@ -18,6 +19,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod hub;
@@ -38,10 +40,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use publisher::wire::Topics;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{AuthError, Authenticator};
-use crate::broker::{Broker, BrokerError, BusInbox, MemoryBus, RedisBroker, RedisSettings};
+use crate::broker::{
+    Broker, BrokerError, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings,
+};
+use crate::cluster::{Cluster, MemoryRegistry, RedisRegistry, Registry};
 use crate::config::Config;
 use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
@@ -77,6 +82,8 @@ pub struct Node {
     pub api_key: String,
     /// Local connections and subscriptions.
     pub hub: Hub,
+    /// The cluster view.
+    pub cluster: Arc<Cluster>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     bus_status: watch::Receiver<bool>,
@@ -115,42 +122,63 @@ pub async fn run(
     let topics = Topics::new(config.redis_prefix.clone());
     let policies = Policies::from_namespaces(&config.namespaces);
     let window = config.idempotency_window;
-    let (broker, history): (Arc<dyn Broker>, Arc<dyn History>) = match &config.redis_url {
-        None => {
-            let bus = MemoryBus::new();
-            let history = MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
-            (Arc::new(bus.broker(inbox)), Arc::new(history))
-        }
-        Some(url) => {
-            let settings = RedisSettings {
-                url: url.clone(),
-                subscription_connections: config.redis_subscription_connections,
-                publish_pool_size: config.redis_pool_size,
-            };
-            let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
-            let history = RedisHistory::new(
-                broker.pool().clone(),
-                topics.clone(),
-                policies.clone(),
-                window,
-                broker.status(),
-            );
-            (Arc::new(broker), Arc::new(history))
-        }
-    };
+    let (broker, history, registry): (Arc<dyn Broker>, Arc<dyn History>, Arc<dyn Registry>) =
+        match &config.redis_url {
+            None => {
+                let bus = MemoryBus::new();
+                let history =
+                    MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
+                let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::default());
+                (Arc::new(bus.broker(inbox)), Arc::new(history), registry)
+            }
+            Some(url) => {
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    subscription_connections: config.redis_subscription_connections,
+                    publish_pool_size: config.redis_pool_size,
+                };
+                let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
+                let history = RedisHistory::new(
+                    broker.pool().clone(),
+                    topics.clone(),
+                    policies.clone(),
+                    window,
+                    broker.status(),
+                );
+                let registry = RedisRegistry::new(broker.pool().clone(), &config.redis_prefix);
+                (Arc::new(broker), Arc::new(history), Arc::new(registry))
+            }
+        };
     let bus_status = broker.status();
-    let hub = Hub::new(broker, history, policies, topics, Arc::clone(&metrics));
+    let hub = Hub::new(
+        Arc::clone(&broker),
+        history,
+        policies,
+        topics,
+        Arc::clone(&metrics),
+    );
+    let cluster = Arc::new(Cluster::new(
+        config.node_id.clone(),
+        &config.redis_prefix,
+        broker,
+        registry,
+        hub.clone(),
+        config.namespaces.clone(),
+        config.node_lease,
+    ));
     let node = Arc::new(Node {
         config,
         auth,
         api_key,
         hub: hub.clone(),
+        cluster: Arc::clone(&cluster),
         metrics,
         bus_status,
         draining: AtomicBool::new(false),
     });
     tokio::spawn(watch_bus(Arc::clone(&node)));
-    tokio::spawn(hub.clone().run_dispatch(inbox_rx));
+    tokio::spawn(dispatch(hub.clone(), Arc::clone(&cluster), inbox_rx));
+    tokio::spawn(Arc::clone(&cluster).run());
     tokio::spawn(hub.clone().run_bus_watch(node.bus_status.clone()));
 
     tracing::info!(
@@ -200,6 +228,17 @@ fn credentials(config: &Config) -> Result<(Authenticator, String), GatewayError>
     tracing::warn!(jwt_secret = %secret, api_key = %api_key, "development credentials");
     tracing::warn!(user_id = "demo", token = %demo, "demo token, valid 24h");
     Ok((auth, api_key))
+}
+
+/// Hands each bus message to the cluster (control traffic) or the hub (events).
+async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<BusMessage>) {
+    while let Some(message) = inbox.recv().await {
+        if cluster.is_control(&message.topic) {
+            cluster.handle(&message);
+        } else {
+            hub.dispatch(&message);
+        }
+    }
 }
 
 /// Mirrors the bus status into metrics and logs.

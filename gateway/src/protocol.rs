@@ -339,6 +339,13 @@ pub enum ServerFrame<'a> {
         /// The channel's current position.
         position: &'a Position,
     },
+    /// Reply to `presence`.
+    Presence {
+        /// The channel.
+        channel: &'a str,
+        /// Its subscribers, cluster-wide.
+        clients: &'a [crate::hub::PresenceEntry],
+    },
     /// History could not fill a gap on a channel: reload its state, then carry on from here.
     Reload {
         /// The channel.

@@ -170,6 +170,16 @@ impl EventName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// `join`: the gateway's own presence event (reserved for publishers).
+    pub fn join() -> Self {
+        Self("join".into())
+    }
+
+    /// `leave`: the gateway's own presence event (reserved for publishers).
+    pub fn leave() -> Self {
+        Self("leave".into())
+    }
 }
 
 /// A validated client type (`gui`, `mobile`, …): 1 to 64 bytes of `[A-Za-z0-9_.-]`.

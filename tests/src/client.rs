@@ -105,6 +105,15 @@ impl TestClient {
         Ok(client)
     }
 
+    /// Connects to `url` without reading anything: for connections the server may close
+    /// right after the upgrade. Panics if the upgrade is refused.
+    pub async fn connect_raw(url: &str) -> Self {
+        match Self::open(ws_request(url), None).await {
+            Ok(client) => client,
+            Err(e) => panic!("connecting to {url}: {e}"),
+        }
+    }
+
     /// Connects to `gw` without a token; the gateway then waits for an `auth` frame
     /// ([`auth`](Self::auth)). Panics if the upgrade is refused.
     pub async fn connect_no_token(gw: &TestGateway) -> Self {

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use publisher::wire::{ChannelName, Envelope, Position, Target, WireError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{Channel, Hub, State, Subscriber};
 use crate::broker::BusMessage;
@@ -140,13 +140,6 @@ pub(super) fn give(
 }
 
 impl Hub {
-    /// Delivers bus messages to local connections until the bus inbox closes.
-    pub async fn run_dispatch(self, mut inbox: mpsc::Receiver<BusMessage>) {
-        while let Some(message) = inbox.recv().await {
-            self.dispatch(&message);
-        }
-    }
-
     /// Catches every history channel up when the bus comes back after an outage.
     pub async fn run_bus_watch(self, mut status: watch::Receiver<bool>) {
         let mut was_up = *status.borrow_and_update();

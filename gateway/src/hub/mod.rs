@@ -7,6 +7,7 @@
 
 mod fanout;
 mod recovery;
+mod view;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 
 pub use self::fanout::Delivery;
 pub use self::recovery::Recovery;
+pub use self::view::{ClientFilter, ClientInfo, PresenceEntry, Selector};
 use crate::broker::{Broker, BrokerError};
 use crate::history::{History, HistoryError, Policies, Published};
 use crate::metrics::Metrics;
@@ -90,6 +92,8 @@ struct Channel {
 struct Session {
     user_id: UserId,
     client_type: Option<ClientType>,
+    client_name: Option<String>,
+    connected_at: std::time::SystemTime,
     outbox: Outbox,
     channels: HashSet<ChannelName>,
 }
@@ -182,6 +186,8 @@ impl Hub {
                 Session {
                     user_id: connection.user_id,
                     client_type: connection.client_type,
+                    client_name: None,
+                    connected_at: std::time::SystemTime::now(),
                     outbox: connection.outbox,
                     channels: HashSet::new(),
                 },
@@ -193,11 +199,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Removes a connection and every subscription it had.
-    pub fn disconnect(&self, client_id: &str) {
+    /// Removes a connection and every subscription it had; returns the channels it was on.
+    pub fn disconnect(&self, client_id: &str) -> Vec<ChannelName> {
         let mut state = self.state();
         let Some(session) = state.sessions.remove(client_id) else {
-            return;
+            return Vec::new();
         };
         for channel in &session.channels {
             self.leave_channel(&mut state, client_id, channel);
@@ -215,6 +221,7 @@ impl Hub {
             self.inner.broker.unsubscribe(self.inner.topics.broadcast());
         }
         self.update_gauges(&state);
+        session.channels.into_iter().collect()
     }
 
     /// Subscribes a connection to a channel, waiting until the bus confirms; `Ok(false)` if it
@@ -304,6 +311,13 @@ impl Hub {
             self.update_gauges(&state);
         }
         removed
+    }
+
+    /// Sets a connection's display name, shown in the clients list.
+    pub fn set_client_name(&self, client_id: &str, name: Option<String>) {
+        if let Some(session) = self.state().sessions.get_mut(client_id) {
+            session.client_name = name;
+        }
     }
 
     /// Sets a connection's client type, moving it between client-type topics.

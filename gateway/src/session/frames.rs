@@ -32,10 +32,12 @@ impl Session {
             }
             ClientFrame::Register {
                 client_type,
-                client_name: _,
+                client_name,
             } => match ClientType::parse(&client_type) {
                 Ok(client_type) => {
                     self.node.hub.set_client_type(&self.client_id, client_type);
+                    let name = client_name.map(|n| n.chars().take(128).collect());
+                    self.node.hub.set_client_name(&self.client_id, name);
                     let client_id = Arc::clone(&self.client_id);
                     let registered = ServerFrame::Registered {
                         client_id: &client_id,
@@ -45,17 +47,14 @@ impl Session {
                 Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
             },
             ClientFrame::Subscribe { channels, since } => self.subscribe(id, channels, since).await,
-            ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels),
+            ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels).await,
             ClientFrame::Refresh { token } => self.refresh(id, &token),
             ClientFrame::History {
                 channel,
                 since,
                 limit,
             } => self.history(id, &channel, since, limit).await,
-            ClientFrame::Presence { channel } => {
-                let message = format!("presence is not kept on channel {channel}");
-                self.reply_error(id, ErrorCode::NotAvailable, &message)
-            }
+            ClientFrame::Presence { channel } => self.presence(id, &channel).await,
             ClientFrame::Publish {
                 channel,
                 event,
@@ -88,6 +87,7 @@ impl Session {
         let mut channels = Vec::new();
         let mut rejected = Vec::new();
         let mut with_history = Vec::new();
+        let mut joined = Vec::new();
         for name in dedup(requested) {
             let reject = |(code, message)| Rejection {
                 channel: name.clone(),
@@ -104,6 +104,9 @@ impl Session {
             let history = hub.keeps_history(&channel);
             match hub.subscribe(&self.client_id, &channel, max, history).await {
                 Ok(newly) => {
+                    if newly {
+                        joined.push(channel.clone());
+                    }
                     if history && newly {
                         with_history.push(channel);
                     }
@@ -144,6 +147,32 @@ impl Session {
         for (channel, recovery) in recoveries {
             hub.finish_replay(&self.client_id, &channel, &recovery);
         }
+        if let Some(entry) = hub.presence_entry(&self.client_id) {
+            for channel in &joined {
+                self.node.cluster.joined(channel, &entry).await;
+            }
+        }
+    }
+
+    async fn presence(&mut self, id: Option<&RawValue>, name: &str) {
+        let channel = match self.allowed_channel(name) {
+            Ok(channel) => channel,
+            Err((code, message)) => return self.reply_error(id, code, &message),
+        };
+        if !self.node.cluster.keeps_presence(&channel) {
+            let message = format!("presence is not kept on channel {channel}");
+            return self.reply_error(id, ErrorCode::NotAvailable, &message);
+        }
+        match self.node.cluster.presence(&channel).await {
+            Ok(clients) => {
+                let reply = ServerFrame::Presence {
+                    channel: channel.as_str(),
+                    clients: &clients,
+                };
+                self.reply(id, reply);
+            }
+            Err(error) => self.reply_error(id, ErrorCode::Internal, &error.to_string()),
+        }
     }
 
     pub(super) fn count_recovery(&self, recovered: bool) {
@@ -159,20 +188,29 @@ impl Session {
             .inc();
     }
 
-    fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
+    async fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
+        let entry = self.node.hub.presence_entry(&self.client_id);
         let mut channels = Vec::new();
+        let mut left = Vec::new();
         for name in dedup(requested) {
             match ChannelName::parse(&name) {
                 // A connection always stays on its personal channel.
                 Ok(channel) if channel.is_personal() => {}
                 Ok(channel) => {
-                    self.node.hub.unsubscribe(&self.client_id, &channel);
+                    if self.node.hub.unsubscribe(&self.client_id, &channel) {
+                        left.push(channel);
+                    }
                     channels.push(name);
                 }
                 Err(_) => {}
             }
         }
         self.reply(id, ServerFrame::Unsubscribed { channels });
+        if let Some(entry) = entry {
+            for channel in &left {
+                self.node.cluster.left(channel, &entry).await;
+            }
+        }
     }
 
     fn refresh(&mut self, id: Option<&RawValue>, token: &str) {

@@ -78,11 +78,23 @@ pub async fn run(
         client_type: claims.client_type.clone(),
         outbox: tx.clone(),
     };
+    let slot = match take_user_slot(&node, &claims).await {
+        Ok(slot) => slot,
+        Err(code) => {
+            node.metrics
+                .disconnections
+                .with_label_values(&[code.label()])
+                .inc();
+            close_socket(&mut socket, code).await;
+            return;
+        }
+    };
     let personal = ChannelName::personal(&claims.user_id);
     let history = node.hub.keeps_history(&personal);
     if let Err(error) = node.hub.connect(connection, history).await {
         tracing::warn!(%error, "could not register connection");
         node.hub.disconnect(&client_id);
+        release_user_slot(&node, &claims, slot).await;
         node.metrics
             .disconnections
             .with_label_values(&[CloseCode::Internal.label()])
@@ -111,10 +123,14 @@ pub async fn run(
         .is_err()
     {
         node.hub.disconnect(&client_id);
+        release_user_slot(&node, &claims, slot).await;
         return;
     }
     if history {
         node.hub.finish_replay(&client_id, &personal, &recovery);
+    }
+    if let Some(entry) = node.hub.presence_entry(&client_id) {
+        node.cluster.joined(&personal, &entry).await;
     }
     node.metrics.connections_accepted.inc();
     tracing::debug!(client_id = %client_id, user_id = %claims.user_id, "connected");
@@ -134,7 +150,14 @@ pub async fn run(
         last_seen: Instant::now(),
     };
     let ending = session.serve().await;
-    node.hub.disconnect(&client_id);
+    let entry = node.hub.presence_entry(&client_id);
+    let channels = node.hub.disconnect(&client_id);
+    if let Some(entry) = entry {
+        for channel in &channels {
+            node.cluster.left(channel, &entry).await;
+        }
+    }
+    release_user_slot(&node, &session.claims, slot).await;
     let label = match ending {
         Ending::Closed(code) => code.label(),
         Ending::ByClient(label) => label,
@@ -144,6 +167,49 @@ pub async fn run(
         .with_label_values(&[label])
         .inc();
     tracing::debug!(client_id = %client_id, code = label, "disconnected");
+}
+
+/// Takes one of the user's connection slots where a cluster-wide cap is set; `Ok(false)` when
+/// no slot was taken (no cap, or the registry could not be asked: availability wins then).
+async fn take_user_slot(node: &Node, claims: &Claims) -> Result<bool, CloseCode> {
+    let cap = node.config.max_connections_per_user;
+    if cap == 0 {
+        return Ok(false);
+    }
+    let user = claims.user_id.as_str();
+    match node
+        .cluster
+        .registry()
+        .acquire_user_slot(&node.config.node_id, user, cap)
+        .await
+    {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            node.metrics
+                .connections_rejected
+                .with_label_values(&["user_limit"])
+                .inc();
+            tracing::debug!(user, cap, "too many connections for this user");
+            Err(CloseCode::TooManyConnections)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "per-user connection cap not checked");
+            Ok(false)
+        }
+    }
+}
+
+async fn release_user_slot(node: &Node, claims: &Claims, taken: bool) {
+    if !taken {
+        return;
+    }
+    let registry = node.cluster.registry();
+    let released = registry
+        .release_user_slot(&node.config.node_id, claims.user_id.as_str())
+        .await;
+    if let Err(error) = released {
+        tracing::warn!(%error, "per-user connection slot not released");
+    }
 }
 
 /// Waits for `{"type":"auth","token":…}` as the first frame.

@@ -1,87 +1,22 @@
-//! The admin listener: `/metrics`, `/readyz`, and the `/api/*` calls behind the API key.
+//! `/api/publish`, `/api/publish/batch` and `/api/history/{channel}`.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
-use publisher::wire::{ChannelName, EventName, Position, Target, UserId, WireError};
+use publisher::wire::{ChannelName, EventName, Position, Target, UserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
 
+use super::ApiError;
 use crate::history::Published;
 use crate::hub::HubError;
 use crate::protocol::ErrorCode;
 use crate::{Node, http_error};
-
-/// Routes of the admin listener.
-pub fn router(node: Arc<Node>) -> Router {
-    let api = Router::new()
-        .route("/publish", post(publish))
-        .route("/publish/batch", post(publish_batch))
-        .route("/history/{channel}", get(history))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&node),
-            require_api_key,
-        ));
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
-        .route("/healthz", get(|| async { "ok" }))
-        .nest("/api", api)
-        .with_state(node)
-}
-
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    if node.is_draining() {
-        return http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "node is draining",
-        );
-    }
-    if !node.bus_up() {
-        return http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "bus_down",
-            "bus is not connected",
-        );
-    }
-    Json(json!({"status": "ready"})).into_response()
-}
-
-async fn require_api_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(node.api_key.as_bytes())) {
-        next.run(request).await
-    } else {
-        http_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong API key (Authorization: Bearer <GATEWAY_API_KEY>)",
-        )
-    }
-}
 
 /// The body of `POST /api/publish`: exactly one target, an event, its data.
 #[derive(Debug, Deserialize)]
@@ -99,39 +34,7 @@ struct PublishRequest {
     idempotency_key: Option<String>,
 }
 
-/// A publish that could not be done, as an HTTP status and an error body.
-struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
-}
-
-impl ApiError {
-    fn bad(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message}})
-    }
-}
-
-impl From<WireError> for ApiError {
-    fn from(error: WireError) -> Self {
-        let code = match error {
-            WireError::InvalidChannel(_) => ErrorCode::InvalidChannel,
-            WireError::InvalidEvent(_) | WireError::ReservedEvent(_) => ErrorCode::InvalidEvent,
-            _ => ErrorCode::BadRequest,
-        };
-        Self::bad(code, error.to_string())
-    }
-}
-
-async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+pub(super) async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let outcome = match serde_json::from_slice::<PublishRequest>(&body) {
         Ok(request) => publish_one(&node, request).await,
         Err(error) => Err(ApiError::bad(
@@ -145,7 +48,7 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
-async fn publish_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+pub(super) async fn publish_batch(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     let items: Vec<Box<RawValue>> = match serde_json::from_slice(&body) {
         Ok(items) => items,
         Err(error) => {
@@ -255,13 +158,13 @@ fn published_reply(published: &Published) -> Value {
 /// Query of `GET /api/history/{channel}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+pub(super) struct HistoryQuery {
     since: Option<u64>,
     epoch: Option<String>,
     limit: Option<usize>,
 }
 
-async fn history(
+pub(super) async fn history(
     State(node): State<Arc<Node>>,
     Path(channel): Path<String>,
     query: Result<Query<HistoryQuery>, QueryRejection>,

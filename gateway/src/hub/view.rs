@@ -1,0 +1,197 @@
+//! What the cluster asks of a node about its own connections: lists, counts, and operator
+//! actions on connections chosen by user or client id.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Hub, Session};
+use crate::outbox::OutFrame;
+use crate::protocol::{CloseCode, ServerFrame};
+use publisher::wire::ChannelName;
+
+/// Connections chosen by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selector {
+    /// Every connection of a user.
+    User(String),
+    /// One connection.
+    Client(String),
+}
+
+impl Selector {
+    fn matches(&self, client_id: &str, session: &Session) -> bool {
+        match self {
+            Self::User(user) => session.user_id.as_str() == user,
+            Self::Client(client) => client_id == client,
+        }
+    }
+}
+
+/// Filters of the clients list; every one that is set must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientFilter {
+    /// Only this user's connections.
+    pub user: Option<String>,
+    /// Only connections subscribed to this channel.
+    pub channel: Option<String>,
+    /// Only connections of this client type.
+    pub client_type: Option<String>,
+}
+
+/// One connection in the clients list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The connection's id.
+    pub client_id: String,
+    /// Its user.
+    pub user_id: String,
+    /// Its client type, if registered.
+    pub client_type: Option<String>,
+    /// Its display name, if registered.
+    pub client_name: Option<String>,
+    /// The node holding it.
+    pub node_id: String,
+    /// When it connected, RFC 3339.
+    pub connected_at: String,
+    /// Its channels, the personal one included.
+    pub channels: Vec<String>,
+}
+
+/// One connection in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// The connection's id.
+    pub client_id: String,
+    /// Its user.
+    pub user_id: String,
+    /// Its client type, if registered.
+    pub client_type: Option<String>,
+}
+
+impl Hub {
+    /// This node's connections that pass `filter`; `node_id` names this node.
+    pub fn local_clients(&self, filter: &ClientFilter, node_id: &str) -> Vec<ClientInfo> {
+        let state = self.state();
+        state
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                filter
+                    .user
+                    .as_deref()
+                    .is_none_or(|u| s.user_id.as_str() == u)
+            })
+            .filter(|(_, s)| {
+                filter
+                    .client_type
+                    .as_deref()
+                    .is_none_or(|t| s.client_type.as_ref().is_some_and(|ct| ct.as_str() == t))
+            })
+            .filter(|(_, s)| {
+                filter
+                    .channel
+                    .as_deref()
+                    .is_none_or(|c| s.channels.iter().any(|ch| ch.as_str() == c))
+            })
+            .map(|(client_id, s)| ClientInfo {
+                client_id: client_id.to_string(),
+                user_id: s.user_id.to_string(),
+                client_type: s.client_type.as_ref().map(|t| t.as_str().to_owned()),
+                client_name: s.client_name.clone(),
+                node_id: node_id.to_owned(),
+                connected_at: humantime::format_rfc3339_millis(s.connected_at).to_string(),
+                channels: s.channels.iter().map(ToString::to_string).collect(),
+            })
+            .collect()
+    }
+
+    /// The distinct users connected to this node.
+    pub fn local_users(&self) -> Vec<String> {
+        self.state().users.keys().map(ToString::to_string).collect()
+    }
+
+    /// This node's channels with their local subscriber counts.
+    pub fn local_channels(&self) -> Vec<(String, usize)> {
+        self.state()
+            .channels
+            .iter()
+            .map(|(name, c)| (name.to_string(), c.subscribers.len()))
+            .collect()
+    }
+
+    /// This node's subscribers of `channel`.
+    pub fn local_presence(&self, channel: &str) -> Vec<PresenceEntry> {
+        let state = self.state();
+        let Some(entry) = state.channels.get(channel) else {
+            return Vec::new();
+        };
+        entry
+            .subscribers
+            .keys()
+            .filter_map(|client_id| {
+                let session = state.sessions.get(client_id)?;
+                Some(PresenceEntry {
+                    client_id: client_id.to_string(),
+                    user_id: session.user_id.to_string(),
+                    client_type: session.client_type.as_ref().map(|t| t.as_str().to_owned()),
+                })
+            })
+            .collect()
+    }
+
+    /// The presence entry of one local connection.
+    pub fn presence_entry(&self, client_id: &str) -> Option<PresenceEntry> {
+        let state = self.state();
+        let session = state.sessions.get(client_id)?;
+        Some(PresenceEntry {
+            client_id: client_id.to_owned(),
+            user_id: session.user_id.to_string(),
+            client_type: session.client_type.as_ref().map(|t| t.as_str().to_owned()),
+        })
+    }
+
+    /// Closes the selected local connections with `code`; returns how many.
+    pub fn close_where(&self, selector: &Selector, code: CloseCode) -> usize {
+        let state = self.state();
+        state
+            .sessions
+            .iter()
+            .filter(|(id, s)| selector.matches(id, s))
+            .filter(|(_, s)| s.outbox.close(code))
+            .count()
+    }
+
+    /// Unsubscribes the selected local connections from `channel`, telling each with an
+    /// `unsubscribed` frame; returns them (for leave events).
+    pub fn unsubscribe_where(
+        &self,
+        selector: &Selector,
+        channel: &ChannelName,
+    ) -> Vec<PresenceEntry> {
+        let chosen: Vec<(PresenceEntry, crate::outbox::Outbox)> = {
+            let state = self.state();
+            state
+                .sessions
+                .iter()
+                .filter(|(id, s)| selector.matches(id, s) && s.channels.contains(channel))
+                .map(|(id, s)| {
+                    let entry = PresenceEntry {
+                        client_id: id.to_string(),
+                        user_id: s.user_id.to_string(),
+                        client_type: s.client_type.as_ref().map(|t| t.as_str().to_owned()),
+                    };
+                    (entry, s.outbox.clone())
+                })
+                .collect()
+        };
+        let frame = ServerFrame::Unsubscribed {
+            channels: vec![channel.to_string()],
+        }
+        .encode(None);
+        for (entry, outbox) in &chosen {
+            self.unsubscribe(&entry.client_id, channel);
+            let _ = outbox.push(OutFrame::reply(frame.clone()));
+        }
+        chosen.into_iter().map(|(entry, _)| entry).collect()
+    }
+}
