@@ -126,3 +126,39 @@ async fn slow_reader_is_closed_with_4100_and_the_fast_reader_gets_every_event() 
         "gateway_disconnections_total{{code=\"4100\"}} is {closed_slow:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout_with_1001() {
+    let config = GatewayConfig::new()
+        .env("GATEWAY_HEARTBEAT_INTERVAL", "1s")
+        .env("GATEWAY_IDLE_TIMEOUT", "2s");
+    let gw = TestGateway::spawn(config).await;
+    let mut silent = gw.connect_as("idle").await;
+    let mut lively = gw.connect_as("lively").await;
+    // The silent client reads nothing, so its WebSocket layer answers no ping; the lively one
+    // sends an application ping every half second.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pong = lively.request(json!({"type": "ping"})).await;
+        assert_eq!(pong["type"], "pong");
+    }
+    silent.expect_close(1001).await;
+    // Counted once the close handshake is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = gw.metrics().await;
+        let closed = metric_value(
+            &metrics,
+            "gateway_disconnections_total",
+            &[("code", "1001")],
+        );
+        if closed == Some(1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "1001 not counted: {closed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

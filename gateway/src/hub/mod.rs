@@ -104,6 +104,8 @@ struct State {
     channels: HashMap<ChannelName, Channel>,
     client_types: HashMap<ClientType, HashMap<ClientId, Outbox>>,
     users: HashMap<UserId, usize>,
+    /// Subscriptions over all channels, kept as a count so gauges cost nothing to update.
+    subscriptions: usize,
 }
 
 struct Inner {
@@ -255,6 +257,7 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(client_id) {
                 session.channels.insert(channel.clone());
             }
+            state.subscriptions += 1;
             let bus = match state.channels.entry(channel.clone()) {
                 Entry::Occupied(mut entry) => {
                     entry.get_mut().subscribers.insert(key, subscriber);
@@ -371,7 +374,9 @@ impl Hub {
 
     fn leave_channel(&self, state: &mut State, client_id: &str, channel: &ChannelName) {
         if let Entry::Occupied(mut entry) = state.channels.entry(channel.clone()) {
-            entry.get_mut().subscribers.remove(client_id);
+            if entry.get_mut().subscribers.remove(client_id).is_some() {
+                state.subscriptions -= 1;
+            }
             if entry.get().subscribers.is_empty() {
                 entry.remove();
                 let topic = self.inner.topics.channel(channel.as_str());
@@ -385,8 +390,7 @@ impl Hub {
         metrics.connections.set(gauge_value(state.sessions.len()));
         metrics.users.set(gauge_value(state.users.len()));
         metrics.channels.set(gauge_value(state.channels.len()));
-        let subscriptions: usize = state.channels.values().map(|c| c.subscribers.len()).sum();
-        metrics.subscriptions.set(gauge_value(subscriptions));
+        metrics.subscriptions.set(gauge_value(state.subscriptions));
         self.inner.session_count.send_replace(state.sessions.len());
     }
 
