@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local cluster without Docker, on loopback: Redis, three gateways and nginx as the load
-# balancer (WebSocket upgrade, long timeouts, least connections). The same topology as
-# docker-compose.yml.
+# balancer (WebSocket upgrade, long timeouts, least connections; ws, and wss with a
+# development certificate made at first start). The same topology as docker-compose.yml.
 #
 #   scripts/cluster.sh up        build, start everything, print the URLs and credentials
 #   scripts/cluster.sh token 42  print a token for user 42
@@ -9,14 +9,15 @@
 #   scripts/cluster.sh down      stop everything
 #
 # Settings (environment): CLUSTER_DIR (/tmp/gateway-cluster), CLUSTER_PORT (8000, the
-# balancer), CLUSTER_BASE_PORT (8100: gateways on 8101.., admin on 9101..), CLUSTER_REDIS_PORT
-# (6390), CLUSTER_BIN_DIR (built with cargo --release when unset), GATEWAY_JWT_SECRET and
-# GATEWAY_API_KEY (made up when unset).
+# balancer's ws), CLUSTER_TLS_PORT (8443, the balancer's wss), CLUSTER_BASE_PORT (8100:
+# gateways on 8101.., admin on 9101..), CLUSTER_REDIS_PORT (6390), CLUSTER_BIN_DIR (built with
+# cargo --release when unset), GATEWAY_JWT_SECRET and GATEWAY_API_KEY (made up when unset).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${CLUSTER_DIR:-/tmp/gateway-cluster}"
 lb_port="${CLUSTER_PORT:-8000}"
+tls_port="${CLUSTER_TLS_PORT:-8443}"
 base_port="${CLUSTER_BASE_PORT:-8100}"
 redis_port="${CLUSTER_REDIS_PORT:-6390}"
 replicas=3
@@ -26,6 +27,7 @@ install_missing() {
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
   [ ${#need[@]} -eq 0 ] && return
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -58,10 +60,12 @@ token() {
   echo "$header.$payload.$signature"
 }
 
+# wait_ready URL NAME [CURL ARGS…]
 wait_ready() {
   local url="$1" name="$2"
+  shift 2
   for _ in $(seq 1 200); do
-    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    if curl -fsS -o /dev/null "$@" "$url" 2>/dev/null; then return 0; fi
     sleep 0.05
   done
   echo "$name did not become ready ($url); see $dir/*.log" >&2
@@ -98,6 +102,10 @@ up() {
     upstreams+="    server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n'
   done
 
+  # The balancer's development certificate (self-signed; localhost, 127.0.0.1), made once and
+  # kept across up/down: clients trust $dir/tls/tls.crt explicitly.
+  sh "$root/deploy/nginx/dev-cert.sh" "$dir/tls" >/dev/null
+
   mkdir -p "$dir/nginx"
   cat > "$dir/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -115,18 +123,28 @@ http {
   upstream gateways {
     least_conn;
 $upstreams  }
+  proxy_http_version 1.1;
+  proxy_set_header Upgrade \$http_upgrade;
+  proxy_set_header Connection \$connection_upgrade;
+  proxy_set_header Host \$host;
+  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+  proxy_set_header X-Forwarded-Proto \$scheme;
+  proxy_read_timeout 1h;
+  proxy_send_timeout 1h;
+  proxy_buffering off;
   server {
     listen 127.0.0.1:$lb_port;
     location / {
       proxy_pass http://gateways;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection \$connection_upgrade;
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-      proxy_buffering off;
+    }
+  }
+  server {
+    listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $dir/tls/tls.crt;
+    ssl_certificate_key $dir/tls/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {
+      proxy_pass http://gateways;
     }
   }
 }
@@ -138,11 +156,14 @@ EOF
     wait_ready "http://127.0.0.1:$((base_port + 1000 + i))/readyz" "gateway gw-$i"
   done
   wait_ready "http://127.0.0.1:$lb_port/healthz" "nginx"
+  wait_ready "https://127.0.0.1:$tls_port/healthz" "nginx (TLS)" --cacert "$dir/tls/tls.crt"
   cat <<EOF
 cluster up: Redis 127.0.0.1:$redis_port, gateways gw-1..gw-$replicas, balancer ws://127.0.0.1:$lb_port/ws
+  TLS:         wss://localhost:$tls_port/ws  (development certificate: $dir/tls/tls.crt)
   admin APIs:  http://127.0.0.1:$((base_port + 1001))..$((base_port + 1000 + replicas))  (API key $GATEWAY_API_KEY)
   a token:     $0 token 42
   connect:     python3 -m websockets "ws://127.0.0.1:$lb_port/ws?token=\$($0 token 42)"
+  over TLS:    SSL_CERT_FILE=$dir/tls/tls.crt python3 -m websockets "wss://localhost:$tls_port/ws?token=\$($0 token 42)"
   publish:     $0 publish --user 42 --event hello --data '{"x":1}'
   stop:        $0 down
 EOF

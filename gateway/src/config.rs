@@ -131,6 +131,12 @@ pub struct Args {
     /// Upper bound of the jittered `reconnect_after_ms` sent when draining [default: 5s].
     #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_MAX", value_parser = duration)]
     pub drain_reconnect_max: Option<Duration>,
+    /// PEM certificate chain: the public listener serves wss itself (with GATEWAY_TLS_KEY).
+    #[arg(long, env = "GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of GATEWAY_TLS_CERT.
+    #[arg(long, env = "GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// How long a node's lease lasts; a node silent this long is dropped from the cluster
     /// view [default: 10s].
     #[arg(long, env = "GATEWAY_NODE_LEASE", value_parser = duration)]
@@ -179,6 +185,8 @@ struct FileConfig {
     drain_reconnect_max: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     idempotency_window: Option<Duration>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default, with = "humantime_serde_opt")]
     node_lease: Option<Duration>,
     max_connections_per_user: Option<usize>,
@@ -302,6 +310,8 @@ pub struct Config {
     pub drain_reconnect_max: Duration,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
+    /// Certificate and key files when the public listener serves TLS itself.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a node's lease lasts.
     pub node_lease: Duration,
     /// Connections one user may hold across the cluster; 0 is unlimited.
@@ -401,6 +411,15 @@ impl Config {
                 .drain_reconnect_max
                 .or(file.drain_reconnect_max)
                 .unwrap_or(Duration::from_secs(5)),
+            tls: match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "set both GATEWAY_TLS_CERT and GATEWAY_TLS_KEY, or neither".into(),
+                    ));
+                }
+            },
             node_lease: args
                 .node_lease
                 .or(file.node_lease)

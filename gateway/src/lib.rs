@@ -67,6 +67,15 @@ pub enum GatewayError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS certificate {path}: {source}")]
+    Tls {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// Why it could not be used.
+        #[source]
+        source: std::io::Error,
+    },
     /// The bus could not be set up.
     #[error("bus: {0}")]
     Bus(#[from] BrokerError),
@@ -186,17 +195,38 @@ pub async fn run(
         public = %public.local_addr()?,
         admin = %admin.local_addr()?,
         bus = if node.config.redis_url.is_some() { "redis" } else { "memory" },
+        tls = node.config.tls.is_some(),
         "gateway listening"
     );
     let (stop_listeners, stopped) = watch::channel(false);
     let until_stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public_server = axum::serve(public, server::router(Arc::clone(&node)))
-        .with_graceful_shutdown(until_stopped(stopped.clone()));
+    let public_router = server::router(Arc::clone(&node));
+    let public_task = match node.config.tls.clone() {
+        None => {
+            let server = axum::serve(public, public_router)
+                .with_graceful_shutdown(until_stopped(stopped.clone()));
+            tokio::spawn(async move { server.await })
+        }
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .map_err(|source| GatewayError::Tls { path: cert, source })?;
+            let handle = axum_server::Handle::new();
+            let server = axum_server::from_tcp_rustls(public.into_std()?, tls)?
+                .handle(handle.clone())
+                .serve(public_router.into_make_service());
+            let stop = until_stopped(stopped.clone());
+            tokio::spawn(async move {
+                stop.await;
+                handle.graceful_shutdown(Some(Duration::from_secs(1)));
+            });
+            tokio::spawn(server)
+        }
+    };
     let admin_server = axum::serve(admin, admin::router(Arc::clone(&node)))
         .with_graceful_shutdown(until_stopped(stopped));
-    let public_task = tokio::spawn(async move { public_server.await });
     let admin_task = tokio::spawn(async move { admin_server.await });
 
     shutdown.await;

@@ -14,6 +14,8 @@
 //! - `redis`: [`TestRedis`], a real `redis-server` on a free port that a test can kill and
 //!   restart; `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
 //! - `binaries`: [`binary`], the workspace's binaries built with the test's profile.
+//! - `prometheus`: [`TestPrometheus`], a real Prometheus scraping test gateways, and
+//!   [`promtool`].
 //!
 //! Every test starts its own gateway; they run in parallel. The gateway binary is built once
 //! per test process with the test's own cargo profile (or taken from `$E2E_GATEWAY_BIN`);
@@ -23,10 +25,12 @@ mod binaries;
 mod checks;
 mod client;
 mod gateway;
+mod prometheus;
 mod proxy;
 mod redis;
 mod temp;
 mod token;
+mod wss;
 
 pub use binaries::binary;
 pub use checks::{
@@ -38,6 +42,7 @@ pub use client::{
     brief, with_header, ws_request,
 };
 pub use gateway::{GatewayConfig, TestGateway};
+pub use prometheus::{TestPrometheus, promtool, samples_of};
 pub use proxy::StallProxy;
 pub use redis::TestRedis;
 pub use reqwest::StatusCode;
@@ -45,3 +50,4 @@ pub use temp::TempDir;
 pub use token::{
     KeyPair, TEST_API_KEY, TEST_JWT_SECRET, TokenBuilder, base64url, jwks, now_unix, token,
 };
+pub use wss::{Wss, connect_wss, tls_config, wss_recv};
