@@ -411,7 +411,10 @@ impl Config {
                 .drain_reconnect_max
                 .or(file.drain_reconnect_max)
                 .unwrap_or(Duration::from_secs(5)),
-            tls: match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+            tls: match (
+                args.tls_cert.or(file.tls_cert),
+                args.tls_key.or(file.tls_key),
+            ) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 (None, None) => None,
                 _ => {

@@ -206,22 +206,13 @@ impl Event {
         targets
             .into_iter()
             .map(|(owner, target)| {
-                let (channel, client_type, broadcast) = match target {
-                    Target::Channel(c) => (Some(c.into()), None, false),
-                    Target::ClientType(t) => (None, Some(t.into()), false),
-                    Target::Broadcast => (None, None, true),
-                };
-                let envelope = Envelope {
-                    channel,
-                    client_type,
-                    broadcast,
-                    event: self.name.as_str().into(),
-                    data: Some(&self.data),
-                    timestamp: timestamp.as_str().into(),
-                    exclude_client: self.exclude_client.as_deref().map(Into::into),
-                    offset: None,
-                    epoch: None,
-                };
+                let envelope = Envelope::new(
+                    target,
+                    self.name.as_str(),
+                    Some(&self.data),
+                    self.exclude_client.as_deref(),
+                    timestamp.as_str().into(),
+                );
                 Message {
                     channel: owner.cloned(),
                     topic: topics.for_target(target),

@@ -287,6 +287,32 @@ pub struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// A message for `target`, published at `timestamp`, without a history position.
+    pub fn new(
+        target: Target<'a>,
+        event: &'a str,
+        data: Option<&'a RawValue>,
+        exclude_client: Option<&'a str>,
+        timestamp: Cow<'a, str>,
+    ) -> Self {
+        let (channel, client_type, broadcast) = match target {
+            Target::Channel(c) => (Some(c.into()), None, false),
+            Target::ClientType(t) => (None, Some(t.into()), false),
+            Target::Broadcast => (None, None, true),
+        };
+        Self {
+            channel,
+            client_type,
+            broadcast,
+            event: event.into(),
+            data,
+            timestamp,
+            exclude_client: exclude_client.map(Into::into),
+            offset: None,
+            epoch: None,
+        }
+    }
+
     /// Decodes and checks a bus message.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, WireError> {
         let envelope: Self =

@@ -35,7 +35,7 @@ mod wss;
 pub use binaries::binary;
 pub use checks::{
     assert_error, assert_event, assert_http_error, assert_recent_rfc3339, assert_refused,
-    metric_value, parse_rfc3339, subscribe_outcome,
+    eventually, metric_value, parse_rfc3339, subscribe_outcome,
 };
 pub use client::{
     CLOSE_TIMEOUT, Closed, HandshakeFailure, RECV_TIMEOUT, SLOW_READER_RECV_BUFFER, TestClient,

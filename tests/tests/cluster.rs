@@ -3,11 +3,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::{
     GatewayConfig, StallProxy, StatusCode, TestClient, TestGateway, TestRedis, assert_event,
-    metric_value,
+    eventually, metric_value,
 };
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -21,19 +21,6 @@ async fn replicas(redis: &TestRedis, n: usize) -> Vec<TestGateway> {
         )
     }))
     .await
-}
-
-/// Polls `check` every 50 ms until it holds, failing after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn readyz(gw: &TestGateway) -> Option<StatusCode> {

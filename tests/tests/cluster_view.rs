@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{GatewayConfig, StatusCode, TestClient, TestGateway, TestRedis, token};
+use e2e::{GatewayConfig, StatusCode, TestClient, TestGateway, TestRedis, eventually, token};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -35,19 +35,6 @@ async fn get_ok(gw: &TestGateway, path: &str) -> Value {
     let (status, body) = gw.get_admin(path).await;
     assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
     body
-}
-
-/// Polls `check` until it holds, failing after `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -88,25 +88,7 @@ impl Drop for MemoryBroker {
 
 impl Broker for MemoryBroker {
     fn publish(&self, topic: String, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let nodes = self
-            .bus
-            .nodes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for node in nodes {
-            let subscribed = node
-                .topics
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&topic);
-            if subscribed {
-                node.inbox.deliver(BusMessage {
-                    topic: topic.clone(),
-                    payload: payload.clone(),
-                });
-            }
-        }
+        self.bus.publish_now(&topic, payload);
         Box::pin(async { Ok(()) })
     }
 

@@ -404,22 +404,13 @@ impl Hub {
         exclude_client: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<Published, HubError> {
-        let (channel, client_type, broadcast) = match target {
-            Target::Channel(c) => (Some(c.into()), None, false),
-            Target::ClientType(t) => (None, Some(t.into()), false),
-            Target::Broadcast => (None, None, true),
-        };
-        let envelope = Envelope {
-            channel,
-            client_type,
-            broadcast,
-            event: event.as_str().into(),
+        let envelope = Envelope::new(
+            target,
+            event.as_str(),
             data,
-            timestamp: timestamp_now().into(),
-            exclude_client: exclude_client.map(Into::into),
-            offset: None,
-            epoch: None,
-        };
+            exclude_client,
+            timestamp_now().into(),
+        );
         let message = Bytes::from(envelope.encode());
         let metrics = &self.inner.metrics;
         let started = std::time::Instant::now();
