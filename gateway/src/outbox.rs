@@ -154,18 +154,14 @@ impl OutboxReceiver {
     /// Waits for the next frame; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<OutFrame> {
         let frame = self.frames.recv().await?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        self.shared.taken(frame.bytes.len());
         Some(frame)
     }
 
     /// Takes a frame that is already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<OutFrame> {
         let frame = self.frames.try_recv().ok()?;
-        self.shared
-            .queued_bytes
-            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        self.shared.taken(frame.bytes.len());
         Some(frame)
     }
 
@@ -234,6 +230,20 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().bytes.as_str(), "world");
         assert_eq!(tx.queued_bytes(), 0);
         assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_shared_gauge_follows_every_outbox() {
+        let total = IntGauge::new("t", "t").unwrap();
+        let (a, mut a_rx) = outbox(100, total.clone());
+        let (b, b_rx) = outbox(100, total.clone());
+        a.push(frame("12345")).unwrap();
+        b.push(frame("123")).unwrap();
+        assert_eq!(total.get(), 8);
+        a_rx.recv().await.unwrap();
+        assert_eq!(total.get(), 3);
+        drop(b_rx);
+        assert_eq!(total.get(), 0, "a closed connection's backlog leaves the total");
     }
 
     #[tokio::test]

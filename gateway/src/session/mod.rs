@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use publisher::wire::{ChannelName, Position};
 use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
@@ -262,11 +262,22 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let close_signal = self.inbox.close_signal();
+        // Built once and polled in place: re-creating a timer or a notification on every
+        // event would cost a timer-wheel update per delivery.
+        let closing = close_signal.closing();
+        tokio::pin!(closing);
+        let mut expires_at = self.claims.expires_at;
+        let expiry = sleep_until(self.expiry_deadline());
+        tokio::pin!(expiry);
         let ending = loop {
-            let expiry = self.expiry_deadline();
+            if self.claims.expires_at != expires_at {
+                // A refresh replaced the token.
+                expires_at = self.claims.expires_at;
+                expiry.as_mut().reset(self.expiry_deadline());
+            }
             tokio::select! {
                 biased;
-                code = close_signal.closing() => break Ending::Closed(code),
+                code = &mut closing => break Ending::Closed(code),
                 frame = self.inbox.recv() => match frame {
                     Some(frame) => {
                         if let Err(ending) = self.write_batch(frame).await {
@@ -295,7 +306,7 @@ impl Session {
                         break Ending::ByClient("1006");
                     }
                 }
-                _ = sleep_until(expiry) => break Ending::Closed(CloseCode::TokenExpired),
+                _ = &mut expiry => break Ending::Closed(CloseCode::TokenExpired),
             }
         };
         if let Ending::Closed(code) = ending {
@@ -350,6 +361,10 @@ impl Session {
             }
         }
         metrics.messages_sent.inc_by(written);
+        // Usually the kernel takes the whole batch at once; only a full socket needs the timer.
+        if let Some(flushed) = self.socket.flush().now_or_never() {
+            return flushed.map_err(|_| Ending::ByClient("1006"));
+        }
         let write_timeout = self.node.config.idle_timeout;
         tokio::select! {
             result = timeout(write_timeout, self.socket.flush()) => match result {
