@@ -1,8 +1,9 @@
 //! The publisher: typed events to channels, users, client types or everyone, over Redis.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
 use redis::Value;
@@ -13,6 +14,9 @@ use crate::wire::{
     ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
     WireError, timestamp_now,
 };
+
+/// How often the namespaces that keep history are read again from Redis.
+const POLICY_REFRESH: Duration = Duration::from_secs(5);
 
 /// How long the gateways remember an idempotency key set by this publisher.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
@@ -81,6 +85,8 @@ struct Message {
     channel: Option<ChannelName>,
     topic: String,
     payload: Vec<u8>,
+    /// Published through the history script rather than with PUBLISH.
+    scripted: bool,
 }
 
 impl Event {
@@ -217,6 +223,7 @@ impl Event {
                     channel: owner.cloned(),
                     topic: topics.for_target(target),
                     payload: envelope.encode(),
+                    scripted: owner.is_some(),
                 }
             })
             .collect()
@@ -241,6 +248,14 @@ pub struct Publisher {
     topics: Topics,
     script: Arc<redis::Script>,
     script_loaded: Arc<AtomicBool>,
+    history: Arc<Mutex<HistoryNamespaces>>,
+}
+
+/// The namespaces that keep history, as the gateways published them, and when they were read.
+#[derive(Default)]
+struct HistoryNamespaces {
+    read_at: Option<Instant>,
+    names: HashSet<String>,
 }
 
 impl Publisher {
@@ -270,6 +285,7 @@ impl Publisher {
             topics: Topics::new("gw"),
             script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
             script_loaded: Arc::new(AtomicBool::new(false)),
+            history: Arc::default(),
         }
     }
 
@@ -301,13 +317,24 @@ impl Publisher {
     /// # });
     /// ```
     pub async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Receipt>, PublishError> {
-        let mut messages = Vec::new();
+        let mut messages: Vec<(Option<&str>, Message)> = Vec::new();
         for event in events {
             for message in event.messages(&self.topics) {
                 messages.push((event.idempotency_key.as_deref(), message));
             }
         }
         let mut connection = self.pool.get().await?;
+        let history = self.history_namespaces(&mut connection).await;
+        for (key, message) in &mut messages {
+            // The script is only needed where history or idempotency is; elsewhere, PUBLISH.
+            let plain = key.is_none()
+                && message
+                    .channel
+                    .as_ref()
+                    .zip(history.as_ref())
+                    .is_some_and(|(c, h)| !h.contains(c.namespace()));
+            message.scripted = message.channel.is_some() && !plain;
+        }
         let all: Vec<usize> = (0..messages.len()).collect();
         let mut replies = match self.run(&mut connection, &messages, &all).await {
             Err(error)
@@ -319,7 +346,7 @@ impl Publisher {
                 let scripted: Vec<usize> = all
                     .iter()
                     .copied()
-                    .filter(|i| messages[*i].1.channel.is_some())
+                    .filter(|i| messages[*i].1.scripted)
                     .collect();
                 let again = self.run(&mut connection, &messages, &scripted).await?;
                 let mut replies = vec![Value::Nil; messages.len()];
@@ -333,8 +360,38 @@ impl Publisher {
         messages
             .into_iter()
             .zip(replies.iter_mut())
-            .map(|((_, message), reply)| receipt(message.channel, std::mem::take(reply)))
+            .map(|((_, message), reply)| {
+                receipt(message.channel, message.scripted, std::mem::take(reply))
+            })
             .collect()
+    }
+
+    /// The namespaces that keep history, read again every few seconds; `None` if Redis would
+    /// not say (then every channel event goes through the script, which is always correct).
+    async fn history_namespaces(
+        &self,
+        connection: &mut deadpool_redis::Connection,
+    ) -> Option<HashSet<String>> {
+        {
+            let cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            if cached.read_at.is_some_and(|at| at.elapsed() < POLICY_REFRESH) {
+                return Some(cached.names.clone());
+            }
+        }
+        let policies: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.topics.namespaces())
+            .query_async(&mut **connection)
+            .await
+            .ok()?;
+        let names: HashSet<String> = policies
+            .into_iter()
+            .filter(|(_, policy)| !policy.starts_with("0 "))
+            .map(|(namespace, _)| namespace)
+            .collect();
+        let mut cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        cached.read_at = Some(Instant::now());
+        cached.names.clone_from(&names);
+        Some(names)
     }
 
     /// Sends the messages at `indexes` in one pipeline; returns one reply per message.
@@ -354,7 +411,7 @@ impl Publisher {
             .iter()
             .filter_map(|i| {
                 let (key, message) = &messages[*i];
-                let channel = message.channel.as_ref()?;
+                let channel = message.channel.as_ref().filter(|_| message.scripted)?;
                 let mut invocation = self.script.prepare_invoke();
                 invocation
                     .key(self.topics.history_stream(channel.as_str()))
@@ -375,7 +432,11 @@ impl Publisher {
         let mut scripted = invocations.iter();
         for index in indexes {
             let message = &messages[*index].1;
-            let invocation = message.channel.as_ref().and_then(|_| scripted.next());
+            let invocation = if message.scripted {
+                scripted.next()
+            } else {
+                None
+            };
             match invocation {
                 Some(invocation) => {
                     pipeline.invoke_script(invocation);
@@ -397,8 +458,12 @@ impl Publisher {
 }
 
 /// Reads the script's `[offset, epoch, duplicate]`, or PUBLISH's receiver count.
-fn receipt(channel: Option<ChannelName>, reply: Value) -> Result<Receipt, PublishError> {
-    if channel.is_none() {
+fn receipt(
+    channel: Option<ChannelName>,
+    scripted: bool,
+    reply: Value,
+) -> Result<Receipt, PublishError> {
+    if !scripted {
         return Ok(Receipt {
             channel,
             position: None,
