@@ -243,7 +243,11 @@ mod tests {
         a_rx.recv().await.unwrap();
         assert_eq!(total.get(), 3);
         drop(b_rx);
-        assert_eq!(total.get(), 0, "a closed connection's backlog leaves the total");
+        assert_eq!(
+            total.get(),
+            0,
+            "a closed connection's backlog leaves the total"
+        );
     }
 
     #[tokio::test]
