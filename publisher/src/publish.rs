@@ -374,7 +374,10 @@ impl Publisher {
     ) -> Option<HashSet<String>> {
         {
             let cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-            if cached.read_at.is_some_and(|at| at.elapsed() < POLICY_REFRESH) {
+            if cached
+                .read_at
+                .is_some_and(|at| at.elapsed() < POLICY_REFRESH)
+            {
                 return Some(cached.names.clone());
             }
         }

@@ -1,0 +1,440 @@
+//! The processes a benchmark starts — `redis-server`, gateways, its own client workers — and
+//! making sure none outlives it: each is registered here and killed when the bench ends,
+//! normally, with an error, on a panic or on Ctrl-C.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::measure;
+
+/// The HMAC secret of the gateways the bench starts, and of the tokens its clients mint.
+pub(crate) const JWT_SECRET: &str = "bench-secret-only-for-loopback-benchmarks-0123456789";
+/// The admin API key of the gateways the bench starts.
+pub(crate) const API_KEY: &str = "bench-api-key-0123456789";
+
+/// How long a gateway or Redis may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Process ids of every child still running.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn register(pid: u32) {
+    if let Ok(mut children) = CHILDREN.lock() {
+        children.push(pid);
+    }
+}
+
+fn unregister(pid: u32) {
+    if let Ok(mut children) = CHILDREN.lock() {
+        children.retain(|&p| p != pid);
+    }
+}
+
+fn sigkill(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+/// Kills every child still registered (SIGKILL), each by its own pid.
+pub(crate) fn kill_all() {
+    let pids = match CHILDREN.lock() {
+        Ok(mut children) => std::mem::take(&mut *children),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for pid in pids {
+        sigkill(pid);
+    }
+}
+
+/// Kills every child on a panic too, before the default hook reports it.
+pub(crate) fn kill_children_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        kill_all();
+        default_hook(info);
+    }));
+}
+
+/// Raises this process's soft limit of open files to its hard limit and returns it.
+///
+/// Each process here may open at most 20,000 files (the hard limit), but a shell usually
+/// starts programs with a soft limit of 1,024. The driver, each client worker and each gateway
+/// need one descriptor per connection; the workers and gateways are started by the driver and
+/// inherit its raised soft limit, so raising it here, first thing, covers all of them.
+pub(crate) fn raise_fd_limit() -> Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit(NOFILE)")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit(NOFILE)")?;
+    }
+    Ok(hard)
+}
+
+/// A scratch directory for logs and config files, removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(label: &str) -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("bench-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller retries if it is taken since).
+pub(crate) fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A child process that is registered for cleanup and killed when dropped.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    child: Child,
+    pid: u32,
+}
+
+impl Owned {
+    /// Spawns `command` (made to die with its handle) and registers it.
+    pub(crate) fn spawn(command: &mut Command, what: &str) -> Result<Self> {
+        let child = command
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {what}"))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("{what} exited at once"))?;
+        register(pid);
+        Ok(Self { child, pid })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Whether the process has exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then waits for it to go.
+    pub(crate) async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("killing a child")?;
+        unregister(self.pid);
+        Ok(())
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        unregister(self.pid);
+    }
+}
+
+fn log_file(path: &Path) -> Result<(Stdio, Stdio)> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok((Stdio::from(file.try_clone()?), Stdio::from(file)))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A `redis-server` without persistence on a free loopback port.
+#[derive(Debug)]
+pub(crate) struct Redis {
+    process: Owned,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Redis {
+    /// Starts it and waits until it answers `PING`.
+    pub(crate) async fn start() -> Result<Self> {
+        let dir = TempDir::new("redis")?;
+        let port = free_port()?;
+        let log = dir.path().join("redis.log");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process = Owned::spawn(&mut command, "redis-server (install redis-server)")?;
+        let mut redis = Self {
+            process,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while measure::redis_cpu_seconds(&redis.url()).await.is_err() {
+            if redis.process.exited() || Instant::now() > deadline {
+                bail!("redis-server did not start on port {port}:\n{}", tail(&log));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(redis)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewaySpec {
+    /// The node id, also used in messages.
+    pub(crate) name: String,
+    /// The bus.
+    pub(crate) redis_url: String,
+    /// Extra `GATEWAY_*` variables (limits a scenario relaxes).
+    pub(crate) env: Vec<(String, String)>,
+    /// A TOML config file's contents (namespaces), if any.
+    pub(crate) config_toml: Option<String>,
+}
+
+impl GatewaySpec {
+    pub(crate) fn new(name: &str, redis_url: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            redis_url: redis_url.to_owned(),
+            env: Vec::new(),
+            config_toml: None,
+        }
+    }
+
+    pub(crate) fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    pub(crate) fn config(mut self, toml: &str) -> Self {
+        self.config_toml = Some(toml.to_owned());
+        self
+    }
+}
+
+/// A gateway process on two free loopback ports, ready (`/readyz` answered 200).
+#[derive(Debug)]
+pub(crate) struct Gateway {
+    process: Owned,
+    name: String,
+    public: SocketAddr,
+    admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts `binary` as described by `spec` and waits until it is ready.
+    pub(crate) async fn start(binary: &Path, spec: &GatewaySpec) -> Result<Self> {
+        let dir = TempDir::new(&spec.name)?;
+        let log = dir.path().join("gateway.log");
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let public: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let (stdout, stderr) = log_file(&log)?;
+            let mut command = Command::new(binary);
+            command
+                .env("GATEWAY_LISTEN", public.to_string())
+                .env("GATEWAY_ADMIN_LISTEN", admin.to_string())
+                .env("GATEWAY_REDIS_URL", &spec.redis_url)
+                .env("GATEWAY_NODE_ID", &spec.name)
+                .env("GATEWAY_JWT_SECRET", JWT_SECRET)
+                .env("GATEWAY_API_KEY", API_KEY)
+                .env("GATEWAY_LOG", "warn")
+                // Clients that stop reading must be closed for their backlog (4100), not
+                // for silence, within a run.
+                .env("GATEWAY_IDLE_TIMEOUT", "10m")
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr);
+            if let Some(toml) = &spec.config_toml {
+                let path = dir.path().join("gateway.toml");
+                std::fs::write(&path, toml).context("writing the gateway's config")?;
+                command.env("GATEWAY_CONFIG", &path);
+            }
+            let what = format!("gateway {} ({})", spec.name, binary.display());
+            let mut process = Owned::spawn(&mut command, &what)?;
+            match wait_ready(&mut process, admin).await {
+                Ok(()) => {
+                    return Ok(Self {
+                        process,
+                        name: spec.name.clone(),
+                        public,
+                        admin,
+                        _dir: dir,
+                    });
+                }
+                Err(e) => {
+                    let log_text = tail(&log);
+                    let port_taken = log_text.contains("in use") || log_text.contains("AddrInUse");
+                    last_error = Some(anyhow::anyhow!("{what}: {e}\n{log_text}"));
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("gateway {} did not start", spec.name)))
+    }
+
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.public)
+    }
+
+    /// The public listener's port.
+    pub(crate) fn public_port(&self) -> u16 {
+        self.public.port()
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Resident memory in bytes.
+    pub(crate) fn rss(&self) -> Result<u64> {
+        measure::rss_bytes(self.pid())
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub(crate) async fn metrics(&self) -> Result<String> {
+        let (status, body) = measure::http_get(self.admin, "/metrics").await?;
+        if status != 200 {
+            bail!("GET /metrics of {} answered {status}", self.name);
+        }
+        Ok(body)
+    }
+
+    /// SIGKILL, at once: its clients see their sockets close.
+    pub(crate) async fn kill(&mut self) -> Result<()> {
+        self.process.kill().await
+    }
+}
+
+async fn wait_ready(process: &mut Owned, admin: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = process.child_mut().try_wait() {
+            bail!("exited with {status} before it was ready");
+        }
+        if let Ok((200, _)) = measure::http_get(admin, "/readyz").await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not ready within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gateway binary: `explicit` if given; otherwise the one next to this executable
+/// (`target/<profile>/gateway`), first built with cargo in this executable's profile unless
+/// `no_build`, so that a bench never measures a stale gateway.
+pub(crate) fn gateway_binary(explicit: Option<&Path>, no_build: bool) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--gateway-bin {} is not a file", path.display());
+        }
+        return Ok(path.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let profile_dir = exe.parent().context("this executable has no directory")?;
+    let binary = profile_dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    if !no_build {
+        build_gateway(profile_dir)?;
+    }
+    if !binary.is_file() {
+        bail!(
+            "{} does not exist: run `cargo build --release -p gateway -p publisher`, \
+             or pass --gateway-bin",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+fn build_gateway(profile_dir: &Path) -> Result<()> {
+    let target_dir = profile_dir
+        .parent()
+        .context("this executable is not in <target>/<profile>")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => bail!("no profile in {}", profile_dir.display()),
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the bench crate is not in a workspace")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("building the gateway (cargo build -p gateway --profile {profile}) …");
+    let status = std::process::Command::new(&cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "gateway",
+            "--bins",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {cargo:?}; pass --gateway-bin or --no-build"))?;
+    if !status.success() {
+        bail!("`cargo build -p gateway --profile {profile}` failed ({status})");
+    }
+    Ok(())
+}

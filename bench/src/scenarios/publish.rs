@@ -1,0 +1,199 @@
+//! Scenario 6, publisher: publishes per second of the `publisher` crate at pipeline depths
+//! 1, 16 and 64, next to `redis-benchmark` sending the same `PUBLISH` (same topic, same
+//! message bytes) at the same depths and client count.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use publisher::{Event, Publisher};
+
+use super::{Bench, progress};
+use crate::load;
+use crate::procs::Redis;
+use crate::report::{Report, Target, Unit};
+
+/// Options of the publisher scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Pipeline depths: events per `publish_batch` (`-P` of redis-benchmark).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    depths: Vec<usize>,
+    /// Publishes per depth [default: 200000; smoke: 2000].
+    #[arg(long)]
+    publishes: Option<usize>,
+    /// Concurrent publishing connections (`-c` of redis-benchmark).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Size of each event's data in bytes.
+    #[arg(long, default_value_t = 100)]
+    event_bytes: usize,
+}
+
+const LABEL: &str = "publisher";
+const CHANNEL: &str = "bench";
+
+pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
+    let total = bench.pick(args.publishes, 200_000, 2_000);
+    let clients = args.clients.clamp(1, 8);
+    let redis = Redis::start().await?;
+    let publisher = Publisher::connect(&redis.url())?;
+    let pad = load::padding(args.event_bytes);
+    // The exact bus message the publisher sends, for redis-benchmark to send too.
+    let message = sample_message(&pad)?;
+
+    let mut report = Report::new(
+        LABEL,
+        format!(
+            "publishes/s at pipeline depths {:?}, {clients} connection(s)",
+            args.depths
+        ),
+        bench.smoke,
+    );
+    report.param("publishes_per_depth", total);
+    report.param("clients", clients);
+    report.param("message_bytes", message.len());
+    // Warm up the pool's connections and Redis.
+    ours(&publisher, 16, (total / 10).max(100), clients, &pad).await?;
+    for &depth in &args.depths {
+        let depth = depth.max(1);
+        progress(LABEL, &format!("depth {depth}: {total} publishes"));
+        let rate = ours(&publisher, depth, total, clients, &pad).await?;
+        report.add(&format!("depth {depth}: publisher"), rate, Unit::PerSecond);
+        match redis_benchmark(redis.port(), depth, total, clients, &message).await {
+            Ok(reference) => {
+                report.add(
+                    &format!("depth {depth}: redis-benchmark"),
+                    reference,
+                    Unit::PerSecond,
+                );
+                report.add_target(
+                    &format!("depth {depth}: publisher / redis-benchmark"),
+                    rate / reference.max(1e-9),
+                    Unit::Ratio,
+                    Target::AtLeast(0.6),
+                );
+            }
+            Err(error) => {
+                report.unavailable(
+                    &format!("depth {depth}: redis-benchmark"),
+                    "unavailable",
+                    Unit::PerSecond,
+                    None,
+                );
+                report.unavailable(
+                    &format!("depth {depth}: publisher / redis-benchmark"),
+                    "unavailable",
+                    Unit::Ratio,
+                    Some(Target::AtLeast(0.6)),
+                );
+                report.note(format!("redis-benchmark at depth {depth}: {error:#}"));
+            }
+        }
+    }
+    report.note("no gateway subscribes: both sides publish to a topic nobody listens on");
+    report.note(
+        "the publisher sends channel events through its history script (EVALSHA, which looks up \
+         the namespace's policy, then PUBLISHes); redis-benchmark sends a plain PUBLISH, so the \
+         ratio includes the script's cost",
+    );
+    Ok(report)
+}
+
+/// The bus message the publisher writes for one event (docs/redis.md).
+fn sample_message(pad: &str) -> Result<String> {
+    let message = serde_json::json!({
+        "channel": CHANNEL,
+        "event": load::EVENT,
+        "data": {"t": crate::measure::unix_nanos(), "pad": pad},
+        "timestamp": publisher::wire::timestamp_now(),
+    });
+    Ok(serde_json::to_string(&message)?)
+}
+
+/// Publishes/s of `clients` tasks, each sending batches of `depth` events until `total`.
+async fn ours(
+    publisher: &Publisher,
+    depth: usize,
+    total: usize,
+    clients: usize,
+    pad: &str,
+) -> Result<f64> {
+    let batch: Vec<Event> = (0..depth)
+        .map(|_| load::event(CHANNEL, pad))
+        .collect::<Result<_>>()?;
+    let batches = total.div_ceil(depth);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..clients {
+        let publisher = publisher.clone();
+        let batch = batch.clone();
+        let mine = batches * (k + 1) / clients - batches * k / clients;
+        tasks.spawn(async move {
+            for _ in 0..mine {
+                publisher.publish_batch(&batch).await?;
+            }
+            Ok::<_, publisher::PublishError>(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.context("a publishing task")??;
+    }
+    Ok((batches * depth) as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// `redis-benchmark -P depth -c clients -n total PUBLISH <topic> <message>`: requests/s.
+async fn redis_benchmark(
+    port: u16,
+    depth: usize,
+    total: usize,
+    clients: usize,
+    message: &str,
+) -> Result<f64> {
+    let output = tokio::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", &clients.to_string(), "-n", &total.to_string()])
+        .args(["-P", &depth.to_string(), "--csv"])
+        .args(["PUBLISH", &format!("gw:ch:{CHANNEL}"), message])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("cannot run redis-benchmark (Debian's redis-tools)")?;
+    if !output.status.success() {
+        bail!(
+            "redis-benchmark failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_csv_rps(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// The `rps` of redis-benchmark's `--csv` output. The test name holds the command with its
+/// unescaped quotes and commas, so the figures are read from the end of the line.
+fn parse_csv_rps(csv: &str) -> Result<f64> {
+    let line = csv
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty() && !line.starts_with("\"test\""))
+        .context("no result line from redis-benchmark")?;
+    // "<test>","rps","avg","min","p50","p95","p99","max": rps is the 7th field from the end.
+    let rps = line
+        .rsplit(',')
+        .nth(6)
+        .map(|field| field.trim_matches('"'))
+        .context("short result line from redis-benchmark")?;
+    rps.parse()
+        .with_context(|| format!("rps {rps:?} in {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rps_is_read_from_the_end() {
+        let csv = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
+                   \"PUBLISH gw:ch:bench {\"a\":\"x,y\"}\",\"444444.44\",\"0.031\",\"0.024\",\"0.031\",\"0.047\",\"0.063\",\"1.167\"\n";
+        assert_eq!(parse_csv_rps(csv).unwrap(), 444444.44);
+    }
+}

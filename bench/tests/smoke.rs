@@ -1,0 +1,207 @@
+//! Every benchmark scenario, shrunk with `--smoke` to a few seconds, against the gateway
+//! built with this test's profile: each must exit 0 and print its figures. The figures
+//! themselves are never asserted; they depend on the machine and what else runs on it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Longest one smoke run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The scenarios share two cores: run them one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The gateway binary, built once with this test's profile into its target directory.
+fn gateway() -> &'static Path {
+    static GATEWAY: OnceLock<PathBuf> = OnceLock::new();
+    GATEWAY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        // <target>/<profile>/deps/smoke-…
+        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile in {}", profile_dir.display()),
+        };
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the bench crate is in the workspace");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let output = Command::new(cargo)
+            .current_dir(workspace)
+            .args(["build", "-p", "gateway", "-p", "publisher", "--bins"])
+            .args(["--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .output()
+            .expect("running cargo build");
+        assert!(
+            output.status.success(),
+            "cargo build -p gateway failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        profile_dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
+/// Runs `bench <args> --smoke` and returns its stdout; panics with its output if it fails.
+fn smoke(args: &[&str]) -> String {
+    let gateway = gateway();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .arg("--smoke")
+        .arg("--no-build")
+        .arg("--gateway-bin")
+        .arg(gateway)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting bench");
+    // Read both pipes on threads so that neither can fill up and stall the child.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(stdout));
+    let stderr = read(Box::new(stderr));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for bench") {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bench {args:?} --smoke ran over {RUN_TIMEOUT:?}\n{}",
+                stderr.join().expect("stderr reader")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    assert!(
+        status.success(),
+        "bench {args:?} --smoke failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    eprintln!(
+        "bench {args:?} --smoke took {:.1} s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    stdout
+}
+
+fn assert_figures(stdout: &str, figures: &[&str]) {
+    for figure in figures {
+        assert!(
+            stdout.contains(figure),
+            "no {figure:?} in the output:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn idle() {
+    let out = smoke(&["idle"]);
+    assert_figures(
+        &out,
+        &[
+            "SMOKE RUN",
+            "gateway RSS per connection",
+            "connect rate",
+            "handshake + subscribe p99",
+        ],
+    );
+}
+
+#[test]
+fn hot_channel() {
+    let out = smoke(&["hot-channel"]);
+    assert_figures(
+        &out,
+        &[
+            "highest delivery rate with p99 <",
+            "p99 at 2,000 deliveries/s",
+            "gateway CPU per million deliveries",
+        ],
+    );
+}
+
+#[test]
+fn many_channels() {
+    let out = smoke(&["many-channels"]);
+    assert_figures(
+        &out,
+        &[
+            "channels",
+            "deliveries",
+            "publish → client p99",
+            "Redis CPU",
+        ],
+    );
+}
+
+#[test]
+fn storm() {
+    let out = smoke(&["storm"]);
+    assert_figures(
+        &out,
+        &[
+            "clients reconnected and resubscribed",
+            "all resubscribed",
+            "all recovered",
+        ],
+    );
+}
+
+#[test]
+fn slow_consumers() {
+    let out = smoke(&["slow-consumers"]);
+    assert_figures(
+        &out,
+        &[
+            "slow clients closed with 4100",
+            "time to first 4100",
+            "gateway RSS growth per slow client",
+            "healthy clients while slow ones stuck",
+        ],
+    );
+}
+
+/// Also checks `--json`: one JSON object with the scenario's figures.
+#[test]
+fn publisher_as_json() {
+    let out = smoke(&["publisher", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(report["scenario"], "publisher");
+    assert_eq!(report["smoke"], true);
+    let figures: Vec<&str> = report["figures"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .filter_map(|f| f["figure"].as_str())
+        .collect();
+    for depth in [1, 16, 64] {
+        for figure in [
+            format!("depth {depth}: publisher"),
+            format!("depth {depth}: redis-benchmark"),
+            format!("depth {depth}: publisher / redis-benchmark"),
+        ] {
+            assert!(
+                figures.contains(&figure.as_str()),
+                "no {figure:?} in {report}"
+            );
+        }
+    }
+}
