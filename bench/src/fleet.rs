@@ -84,6 +84,19 @@ pub(crate) struct Connected {
     pub(crate) first_error: Option<String>,
 }
 
+impl Connected {
+    /// A note for the report when some clients could not connect.
+    pub(crate) fn failure_note(&self) -> Option<String> {
+        (self.failed > 0).then(|| {
+            format!(
+                "{} clients failed to connect; first: {}",
+                self.failed,
+                self.first_error.as_deref().unwrap_or_default()
+            )
+        })
+    }
+}
+
 struct Worker {
     process: Owned,
     stdin: ChildStdin,

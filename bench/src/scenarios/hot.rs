@@ -180,12 +180,8 @@ pub(crate) async fn run(bench: &Bench, args: &HotArgs) -> Result<Report> {
             Unit::Percent,
         );
     }
-    if connected.failed > 0 {
-        report.note(format!(
-            "{} clients failed to connect; first: {}",
-            connected.failed,
-            connected.first_error.unwrap_or_default()
-        ));
+    if let Some(note) = connected.failure_note() {
+        report.note(note);
     }
     report.note(
         "latency is from the send time in each event's data (ns) to its arrival at the client",

@@ -170,12 +170,8 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         client_cpu / seconds * 100.0,
         Unit::Percent,
     );
-    if connected.failed > 0 {
-        report.note(format!(
-            "{} clients failed to connect; first: {}",
-            connected.failed,
-            connected.first_error.unwrap_or_default()
-        ));
+    if let Some(note) = connected.failure_note() {
+        report.note(note);
     }
     Ok(report)
 }

@@ -57,14 +57,7 @@ pub async fn run(
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
             Ok(authenticated) => authenticated,
-            Err(code) => {
-                node.metrics
-                    .disconnections
-                    .with_label_values(&[code.label()])
-                    .inc();
-                close_socket(&mut socket, code).await;
-                return;
-            }
+            Err(code) => return refuse(&node, &mut socket, code).await,
         },
     };
     let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
@@ -80,14 +73,7 @@ pub async fn run(
     };
     let slot = match take_user_slot(&node, &claims).await {
         Ok(slot) => slot,
-        Err(code) => {
-            node.metrics
-                .disconnections
-                .with_label_values(&[code.label()])
-                .inc();
-            close_socket(&mut socket, code).await;
-            return;
-        }
+        Err(code) => return refuse(&node, &mut socket, code).await,
     };
     let personal = ChannelName::personal(&claims.user_id);
     let history = node.hub.keeps_history(&personal);
@@ -95,12 +81,7 @@ pub async fn run(
         tracing::warn!(%error, "could not register connection");
         node.hub.disconnect(&client_id);
         release_user_slot(&node, &claims, slot).await;
-        node.metrics
-            .disconnections
-            .with_label_values(&[CloseCode::Internal.label()])
-            .inc();
-        close_socket(&mut socket, CloseCode::Internal).await;
-        return;
+        return refuse(&node, &mut socket, CloseCode::Internal).await;
     }
     let recovery = if history {
         node.hub.recover(&personal, since.as_ref()).await
@@ -167,6 +148,15 @@ pub async fn run(
         .with_label_values(&[label])
         .inc();
     tracing::debug!(client_id = %client_id, code = label, "disconnected");
+}
+
+/// Closes a connection that never became a session, counting it.
+async fn refuse(node: &Node, socket: &mut WebSocket, code: CloseCode) {
+    node.metrics
+        .disconnections
+        .with_label_values(&[code.label()])
+        .inc();
+    close_socket(socket, code).await;
 }
 
 /// Takes one of the user's connection slots where a cluster-wide cap is set; `Ok(false)` when
