@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use e2e::{GatewayConfig, TestClient, TestGateway, assert_error, brief, metric_value, token};
+use e2e::{
+    GatewayConfig, TestClient, TestGateway, assert_error, brief, eventually, metric_value, token,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -88,6 +90,21 @@ async fn slow_reader_is_closed_with_4100_and_the_fast_reader_gets_every_event() 
     };
     assert_eq!(fast.request(json!({"type": "ping"})).await["type"], "pong");
 
+    // The gateway gives up on the slow reader while it still reads nothing.
+    eventually(
+        Duration::from_secs(30),
+        "the gateway counts the 4100",
+        || async {
+            let metrics = gw.metrics().await;
+            metric_value(
+                &metrics,
+                "gateway_disconnections_total",
+                &[("code", "4100")],
+            )
+            .is_some_and(|closed| closed >= 1.0)
+        },
+    )
+    .await;
     let (frames, closed) = slow.drain_until_close().await;
     assert_eq!(
         closed.code,

@@ -7,6 +7,8 @@
 
 mod frames;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
 use crate::Node;
 use crate::auth::Claims;
 use crate::hub::{ClientId, Connection, Recovery};
-use crate::outbox::{CloseSignal, OutFrame, Outbox, OutboxReceiver, outbox};
+use crate::outbox::{OutFrame, Outbox, OutboxReceiver, outbox};
 use crate::protocol::{
     ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
 };
@@ -121,7 +123,6 @@ pub async fn run(
         rate: TokenBucket::new(limits.rate_limit_per_second, limits.rate_limit_burst),
         rate_strikes: Strikes::new(RATE_STRIKES, None),
         bad_frames: Strikes::new(BAD_FRAME_STRIKES, Some(BAD_FRAME_WINDOW)),
-        close_signal: rx.close_signal(),
         node: Arc::clone(&node),
         client_id: Arc::clone(&client_id),
         claims,
@@ -141,12 +142,14 @@ pub async fn run(
     release_user_slot(&node, &session.claims, slot).await;
     let label = match ending {
         Ending::Closed(code) => code.label(),
-        Ending::ByClient(label) => label,
+        Ending::ByClient(label) => {
+            node.metrics
+                .disconnections
+                .with_label_values(&[label])
+                .inc();
+            label
+        }
     };
-    node.metrics
-        .disconnections
-        .with_label_values(&[label])
-        .inc();
     tracing::debug!(client_id = %client_id, code = label, "disconnected");
 }
 
@@ -156,7 +159,7 @@ async fn refuse(node: &Node, socket: &mut WebSocket, code: CloseCode) {
         .disconnections
         .with_label_values(&[code.label()])
         .inc();
-    close_socket(socket, code).await;
+    close_socket(socket, code, CLOSE_TIMEOUT).await;
 }
 
 /// Takes one of the user's connection slots where a cluster-wide cap is set; `Ok(false)` when
@@ -239,7 +242,6 @@ struct Session {
     socket: WebSocket,
     outbox: Outbox,
     inbox: OutboxReceiver,
-    close_signal: CloseSignal,
     rate: TokenBucket,
     rate_strikes: Strikes,
     bad_frames: Strikes,
@@ -270,7 +272,7 @@ impl Session {
                 code = &mut closing => break Ending::Closed(code),
                 frame = self.inbox.recv() => match frame {
                     Some(frame) => {
-                        if let Err(ending) = self.write_batch(frame).await {
+                        if let Err(ending) = self.write_batch(frame, closing.as_mut()).await {
                             break ending;
                         }
                     }
@@ -301,12 +303,22 @@ impl Session {
         };
         if let Ending::Closed(code) = ending {
             self.outbox.close(code);
-            if code != CloseCode::SlowConsumer {
+            // Counted when decided: the close handshake may take a while.
+            self.node
+                .metrics
+                .disconnections
+                .with_label_values(&[code.label()])
+                .inc();
+            let send_timeout = if code == CloseCode::SlowConsumer {
+                // Its socket is full: the close frame goes out only once it reads again.
+                self.node.config.idle_timeout
+            } else {
                 // What was queued before the close (a `disconnect` notice, a last error reply)
                 // still goes out; a slow consumer's backlog is what we are closing it for.
                 let _ = timeout(CLOSE_TIMEOUT, self.write_queued()).await;
-            }
-            close_socket(&mut self.socket, code).await;
+                CLOSE_TIMEOUT
+            };
+            close_socket(&mut self.socket, code, send_timeout).await;
         }
         ending
     }
@@ -331,8 +343,29 @@ impl Session {
         let _ = self.socket.flush().await;
     }
 
-    /// Writes `first` and whatever else is queued, then flushes once.
-    async fn write_batch(&mut self, first: OutFrame) -> Result<(), Ending> {
+    /// Writes `first` and whatever else is queued with one flush. Usually the kernel takes it
+    /// all at once; otherwise the write races `closing` (a slow consumer is closed while its
+    /// socket is full) and the idle timeout, and only then is a timer armed.
+    async fn write_batch<F: Future<Output = CloseCode>>(
+        &mut self,
+        first: OutFrame,
+        closing: Pin<&mut F>,
+    ) -> Result<(), Ending> {
+        let write_timeout = self.node.config.idle_timeout;
+        let frames = self.write_frames(first);
+        tokio::pin!(frames);
+        if let Some(result) = (&mut frames).now_or_never() {
+            return result;
+        }
+        tokio::select! {
+            biased;
+            code = closing => Err(Ending::Closed(code)),
+            result = &mut frames => result,
+            _ = tokio::time::sleep(write_timeout) => Err(Ending::ByClient("1006")),
+        }
+    }
+
+    async fn write_frames(&mut self, first: OutFrame) -> Result<(), Ending> {
         let metrics = &self.node.metrics;
         let mut next = Some(first);
         let mut written: u64 = 0;
@@ -351,18 +384,10 @@ impl Session {
             }
         }
         metrics.messages_sent.inc_by(written);
-        // Usually the kernel takes the whole batch at once; only a full socket needs the timer.
-        if let Some(flushed) = self.socket.flush().now_or_never() {
-            return flushed.map_err(|_| Ending::ByClient("1006"));
-        }
-        let write_timeout = self.node.config.idle_timeout;
-        tokio::select! {
-            result = timeout(write_timeout, self.socket.flush()) => match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(Ending::ByClient("1006")),
-            },
-            code = self.close_signal.closing() => Err(Ending::Closed(code)),
-        }
+        self.socket
+            .flush()
+            .await
+            .map_err(|_| Ending::ByClient("1006"))
     }
 
     async fn on_message(&mut self, message: Message) -> Option<Ending> {
@@ -485,14 +510,14 @@ fn ending_for_read_error(error: &axum::Error) -> Ending {
     }
 }
 
-/// Sends a close frame, then waits briefly for the client's reply so the close frame is not
-/// lost to a TCP reset caused by unread input.
-async fn close_socket(socket: &mut WebSocket, code: CloseCode) {
+/// Sends a close frame (giving up after `send_timeout`), then waits briefly for the client's
+/// reply so the close frame is not lost to a TCP reset caused by unread input.
+async fn close_socket(socket: &mut WebSocket, code: CloseCode, send_timeout: Duration) {
     let frame = CloseFrame {
         code: code.code(),
         reason: Utf8Bytes::from_static(code.reason()),
     };
-    if timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame))))
+    if timeout(send_timeout, socket.send(Message::Close(Some(frame))))
         .await
         .is_err()
     {
