@@ -187,28 +187,8 @@ impl CloseSignal {
 
     /// The close code asked for, if any.
     pub fn close_code(&self) -> Option<CloseCode> {
-        close_code_from(self.0.close_code.load(Ordering::Acquire))
+        CloseCode::from_code(self.0.close_code.load(Ordering::Acquire))
     }
-}
-
-fn close_code_from(code: u16) -> Option<CloseCode> {
-    use CloseCode::*;
-    [
-        Normal,
-        GoingAway,
-        MessageTooBig,
-        Internal,
-        TokenInvalid,
-        TokenExpired,
-        ProtocolAbuse,
-        OperatorDisconnect,
-        SlowConsumer,
-        RateLimited,
-        TooManyConnections,
-        ShuttingDown,
-    ]
-    .into_iter()
-    .find(|c| c.code() == code)
 }
 
 #[cfg(test)]

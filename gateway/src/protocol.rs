@@ -41,6 +41,27 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every close code of the contract.
+    pub const ALL: [Self; 12] = [
+        Self::Normal,
+        Self::GoingAway,
+        Self::MessageTooBig,
+        Self::Internal,
+        Self::TokenInvalid,
+        Self::TokenExpired,
+        Self::ProtocolAbuse,
+        Self::OperatorDisconnect,
+        Self::SlowConsumer,
+        Self::RateLimited,
+        Self::TooManyConnections,
+        Self::ShuttingDown,
+    ];
+
+    /// The close code with this number, if it is one of the contract's.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
     /// The numeric code.
     pub fn code(self) -> u16 {
         self as u16

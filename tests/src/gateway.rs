@@ -158,7 +158,7 @@ impl TestGateway {
             let (public, admin) = free_ports();
             let mut child = start(&binary, &config, public, admin, &log_path);
             let Some(pid) = child.id() else {
-                panic!("gateway exited immediately\n{}", tail(&log_path))
+                panic!("gateway exited immediately\n{}", tail(&log_path, "gateway"))
             };
             match wait_ready(&mut child, &http, admin).await {
                 Ok(()) => {
@@ -187,14 +187,14 @@ impl TestGateway {
                     }
                     panic!(
                         "gateway exited with {status} before it was ready\n{}",
-                        tail(&log_path)
+                        tail(&log_path, "gateway")
                     );
                 }
                 Err(NotReady::TimedOut) => {
                     let _ = child.start_kill();
                     panic!(
                         "gateway not ready (GET http://{admin}/readyz != 200) after {READY_TIMEOUT:?}\n{}",
-                        tail(&log_path)
+                        tail(&log_path, "gateway")
                     );
                 }
             }
@@ -268,7 +268,7 @@ impl TestGateway {
             Ok(Err(e)) => panic!("cannot wait for the gateway: {e}"),
             Err(_) => panic!(
                 "gateway still running {timeout:?} after being asked to stop\n{}",
-                tail(&self.log_path)
+                tail(&self.log_path, "gateway")
             ),
         }
     }
@@ -347,7 +347,7 @@ impl TestGateway {
         let url = format!("{}{path}", self.public_url());
         let response = match self.http.get(&url).send().await {
             Ok(response) => response,
-            Err(e) => panic!("GET {url} failed: {e}\n{}", tail(&self.log_path)),
+            Err(e) => panic!("GET {url} failed: {e}\n{}", tail(&self.log_path, "gateway")),
         };
         let status = response.status();
         (status, response.text().await.unwrap_or_default())
@@ -358,7 +358,7 @@ impl TestGateway {
         let url = format!("{}/metrics", self.admin_url());
         let response = match self.http.get(&url).send().await {
             Ok(response) => response,
-            Err(e) => panic!("GET {url} failed: {e}\n{}", tail(&self.log_path)),
+            Err(e) => panic!("GET {url} failed: {e}\n{}", tail(&self.log_path, "gateway")),
         };
         assert_eq!(response.status(), StatusCode::OK, "GET {url}");
         response.text().await.unwrap_or_default()
@@ -378,7 +378,7 @@ impl Drop for TestGateway {
                 "---- gateway {} (pid {}) ----\n{}",
                 self.node_id,
                 self.pid,
-                tail(&self.log_path)
+                tail(&self.log_path, "gateway")
             );
         }
     }
@@ -472,21 +472,31 @@ fn free_ports() -> (SocketAddr, SocketAddr) {
     (addr(&a), addr(&b))
 }
 
-fn read_log(path: &Path) -> String {
+/// A process's log file as text (empty if unreadable).
+pub(crate) fn read_log(path: &Path) -> String {
     std::fs::read(path)
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default()
 }
 
-/// The last lines of a gateway's output, framed for a panic message.
-fn tail(path: &Path) -> String {
+/// The last lines of a process's output (`what`: gateway, prometheus), framed for a panic
+/// message.
+pub(crate) fn tail(path: &Path, what: &str) -> String {
     let log = read_log(path);
     let lines: Vec<&str> = log.lines().collect();
     let start = lines.len().saturating_sub(LOG_TAIL_LINES);
     format!(
-        "---- last {} lines of {} ----\n{}\n---- end of gateway output ----",
+        "---- last {} lines of {} ----\n{}\n---- end of {what} output ----",
         lines.len() - start,
         path.display(),
         lines[start..].join("\n")
     )
+}
+
+/// A free port on loopback (bound, then released for the caller to use).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("cannot bind a free port: {e}"))
+        .port()
 }

@@ -2,7 +2,6 @@
 //! `promtool`, for the observability tests.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,12 +11,12 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
+use crate::gateway::{free_port, read_log, tail};
 use crate::temp::TempDir;
 
 /// How long Prometheus may take to answer 200 on `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: u32 = 3;
-const LOG_TAIL_LINES: usize = 60;
 
 /// A `prometheus` process with a generated configuration, its own storage in a scratch
 /// directory and a free loopback port. Killed when dropped; its log is printed if the test
@@ -72,21 +71,21 @@ impl TestPrometheus {
                     };
                 }
                 Err(Some(status)) => {
-                    let log = read(&log_path);
+                    let log = read_log(&log_path);
                     if log.contains("address already in use") && attempt < START_ATTEMPTS {
                         attempt += 1;
                         continue;
                     }
                     panic!(
                         "prometheus exited with {status} before it was ready\n{}",
-                        tail(&log_path)
+                        tail(&log_path, "prometheus")
                     );
                 }
                 Err(None) => {
                     let _ = child.start_kill();
                     panic!(
                         "prometheus not ready on port {port} after {READY_TIMEOUT:?}\n{}",
-                        tail(&log_path)
+                        tail(&log_path, "prometheus")
                     );
                 }
             }
@@ -143,7 +142,7 @@ impl TestPrometheus {
 
     /// What Prometheus logged so far.
     pub fn logs(&self) -> String {
-        read(&self.log_path)
+        read_log(&self.log_path)
     }
 }
 
@@ -154,7 +153,7 @@ impl Drop for TestPrometheus {
             eprintln!(
                 "---- prometheus ({}) ----\n{}",
                 self.url(),
-                tail(&self.log_path)
+                tail(&self.log_path, "prometheus")
             );
         }
     }
@@ -272,29 +271,4 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("cannot bind a free port: {e}"))
-        .port()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default()
-}
-
-fn tail(path: &Path) -> String {
-    let log = read(path);
-    let lines: Vec<&str> = log.lines().collect();
-    let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-    format!(
-        "---- last {} lines of {} ----\n{}\n---- end of prometheus output ----",
-        lines.len() - start,
-        path.display(),
-        lines[start..].join("\n")
-    )
 }

@@ -18,10 +18,7 @@ pub struct TestRedis {
 impl TestRedis {
     /// Starts a server without persistence on a free port and waits until it answers.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::gateway::free_port();
         let mut redis = Self {
             port,
             child: None,

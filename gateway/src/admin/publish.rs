@@ -7,7 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use publisher::wire::{ChannelName, EventName, Position, Target, UserId};
+use publisher::wire::{ChannelName, EventName, Target, UserId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -168,63 +168,31 @@ pub(super) async fn history(
     State(node): State<Arc<Node>>,
     Path(channel): Path<String>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Response {
+) -> Result<Json<Value>, ApiError> {
     let Ok(Query(query)) = query else {
-        return http_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        return Err(ApiError::bad(
+            ErrorCode::BadRequest,
             "query parameters are since (an offset), epoch and limit",
-        );
+        ));
     };
-    let channel = match ChannelName::parse(&channel) {
-        Ok(channel) => channel,
-        Err(error) => {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                &error.to_string(),
-            );
-        }
-    };
-    let since = query.since.map(|offset| Position {
-        offset,
-        epoch: query.epoch.clone().unwrap_or_default(),
-    });
-    // Without an epoch, `since` counts in whatever epoch the channel is in now.
-    let since = match (since, &query.epoch) {
-        (Some(position), None) => match node.hub.history().read(&channel, None).await {
-            Ok(page) => Some(Position {
-                epoch: page.top.epoch,
-                ..position
-            }),
-            Err(error) => {
-                return http_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "internal",
-                    &error.to_string(),
-                );
-            }
-        },
-        (since, _) => since,
-    };
-    match node
+    let channel = ChannelName::parse(&channel)?;
+    let page = node
         .hub
-        .history_page(&channel, since.as_ref(), query.limit)
+        .history_page(&channel, query.since, query.epoch.as_deref(), query.limit)
         .await
-    {
-        Ok(Some((events, position))) => {
-            Json(json!({"channel": channel, "events": events, "position": position}))
-                .into_response()
-        }
-        Ok(None) => http_error(
-            StatusCode::NOT_FOUND,
-            "not_available",
-            &format!("history is not kept on channel {channel}"),
-        ),
-        Err(error) => http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal",
-            &error.to_string(),
-        ),
+        .map_err(|error| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Internal,
+            message: error.to_string(),
+        })?;
+    match page {
+        Some((events, position)) => Ok(Json(
+            json!({"channel": channel, "events": events, "position": position}),
+        )),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: ErrorCode::NotAvailable,
+            message: format!("history is not kept on channel {channel}"),
+        }),
     }
 }

@@ -477,11 +477,6 @@ impl Cluster {
             tracing::warn!(%error, "presence event not published");
         }
     }
-
-    /// This node's id.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
 }
 
 fn count(replies: Vec<Reply>) -> usize {

@@ -108,12 +108,13 @@ impl Hub {
     }
 
     /// A channel's stored events as client frames, and its position; `None` where the
-    /// namespace keeps no history. With `since` (in the current epoch), the first `limit`
-    /// events after it; without, the last `limit`.
+    /// namespace keeps no history. With `since` in the channel's epoch (`epoch`, or the current
+    /// one when not given), the first `limit` events after it; otherwise the last `limit`.
     pub async fn history_page(
         &self,
         channel: &ChannelName,
-        since: Option<&Position>,
+        since: Option<u64>,
+        epoch: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Option<(Vec<Box<RawValue>>, Position)>, HistoryError> {
         let Some(policy) = self.inner.policies.of(channel) else {
@@ -121,10 +122,8 @@ impl Hub {
         };
         let limit = limit.unwrap_or(policy.size).min(policy.size);
         let history = &self.inner.history;
-        let mut page = history
-            .read(channel, Some(since.map_or(0, |p| p.offset)))
-            .await?;
-        let in_epoch = since.is_some_and(|p| p.epoch == page.top.epoch);
+        let mut page = history.read(channel, Some(since.unwrap_or(0))).await?;
+        let in_epoch = since.is_some() && epoch.is_none_or(|e| e == page.top.epoch);
         if since.is_some() && !in_epoch {
             page = history.read(channel, Some(0)).await?;
         }

@@ -68,6 +68,16 @@ pub struct PresenceEntry {
     pub client_type: Option<String>,
 }
 
+impl Session {
+    fn presence(&self, client_id: &str) -> PresenceEntry {
+        PresenceEntry {
+            client_id: client_id.to_owned(),
+            user_id: self.user_id.to_string(),
+            client_type: self.client_type.as_ref().map(|t| t.as_str().to_owned()),
+        }
+    }
+}
+
 impl Hub {
     /// This node's connections that pass `filter`; `node_id` names this node.
     pub fn local_clients(&self, filter: &ClientFilter, node_id: &str) -> Vec<ClientInfo> {
@@ -128,26 +138,13 @@ impl Hub {
         entry
             .subscribers
             .keys()
-            .filter_map(|client_id| {
-                let session = state.sessions.get(client_id)?;
-                Some(PresenceEntry {
-                    client_id: client_id.to_string(),
-                    user_id: session.user_id.to_string(),
-                    client_type: session.client_type.as_ref().map(|t| t.as_str().to_owned()),
-                })
-            })
+            .filter_map(|client_id| Some(state.sessions.get(client_id)?.presence(client_id)))
             .collect()
     }
 
     /// The presence entry of one local connection.
     pub fn presence_entry(&self, client_id: &str) -> Option<PresenceEntry> {
-        let state = self.state();
-        let session = state.sessions.get(client_id)?;
-        Some(PresenceEntry {
-            client_id: client_id.to_owned(),
-            user_id: session.user_id.to_string(),
-            client_type: session.client_type.as_ref().map(|t| t.as_str().to_owned()),
-        })
+        Some(self.state().sessions.get(client_id)?.presence(client_id))
     }
 
     /// Closes the selected local connections with `code`; returns how many.
@@ -174,14 +171,7 @@ impl Hub {
                 .sessions
                 .iter()
                 .filter(|(id, s)| selector.matches(id, s) && s.channels.contains(channel))
-                .map(|(id, s)| {
-                    let entry = PresenceEntry {
-                        client_id: id.to_string(),
-                        user_id: s.user_id.to_string(),
-                        client_type: s.client_type.as_ref().map(|t| t.as_str().to_owned()),
-                    };
-                    (entry, s.outbox.clone())
-                })
+                .map(|(id, s)| (s.presence(id), s.outbox.clone()))
                 .collect()
         };
         let frame = ServerFrame::Unsubscribed {

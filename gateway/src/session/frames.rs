@@ -239,7 +239,12 @@ impl Session {
         match self
             .node
             .hub
-            .history_page(&channel, since.as_ref(), limit)
+            .history_page(
+                &channel,
+                since.as_ref().map(|p| p.offset),
+                since.as_ref().map(|p| p.epoch.as_str()),
+                limit,
+            )
             .await
         {
             Ok(Some((events, position))) => {
