@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::socket::sockopt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -185,6 +186,11 @@ impl Client {
         if let Some(size) = self.recv_buffer {
             socket.set_recv_buffer_size(size).context("SO_RCVBUF")?;
         }
+        // Without this, binding to port 0 reserves an ephemeral port at once, searching the
+        // whole range: connects slow down as the ports fill up. With it, the port is chosen at
+        // connect time and may be shared with other destinations.
+        nix::sys::socket::setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)
+            .context("IP_BIND_ADDRESS_NO_PORT")?;
         socket
             .bind(SocketAddr::from((self.source, 0)))
             .with_context(|| format!("binding to {}", self.source))?;
