@@ -4,8 +4,9 @@
 //!
 //! - [`config`]: flags, `GATEWAY_*` variables and the TOML file, validated at startup.
 //! - [`server`]: the public listener; checks origin and token, then upgrades to a [`session`].
-//! - [`session`]: one task per socket: client frames in, outbox out, limits, heartbeats.
-//! - [`outbox`]: a connection's outgoing queue, bounded in bytes.
+//! - [`session`]: one task per socket: client frames in, limits, heartbeats, the backlog out.
+//! - [`outbox`]: a connection's outgoing side: frames straight to the socket, or into a backlog
+//!   bounded in bytes when the socket is full.
 //! - [`hub`]: this node's connections and subscriptions; fans bus events out.
 //! - [`broker`]: the bus between nodes: in memory or Redis.
 //! - [`history`]: channel history (offsets, epochs, stored events): in memory or Redis.

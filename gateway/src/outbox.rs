@@ -1,133 +1,434 @@
-//! A connection's outgoing queue, bounded in bytes.
+//! A connection's outgoing side: frames go straight to the socket when it can take them, and
+//! into a queue bounded in bytes when it cannot.
 //!
-//! Pushing never blocks, so whoever fans an event out (the hub, on the bus reader's path) is
-//! never slowed by a slow socket. A push that would take the queue past its byte limit closes
-//! the connection as a slow consumer (4100) instead of dropping an event silently: the client
-//! reconnects and recovers from history.
+//! Whoever fans an event out (the hub, on the bus reader's path) writes the frame to the
+//! socket itself while the connection has nothing queued: one `write` per delivery, with no
+//! task to wake and no queue to pass through. Only a socket whose kernel buffer is full gets a
+//! backlog, which its session task drains, many frames per write, as the socket takes them.
+//! Pushing never waits, so a slow socket never slows the fan-out; a push that would take the
+//! backlog past its limit closes the connection as a slow consumer (4100) instead of dropping
+//! an event silently: the client reconnects and recovers from history.
+//!
+//! Frames are whole WebSocket frames, encoded once per node. The session reads through the same
+//! socket with tungstenite ([`SocketIo`]), whose own writes (pongs, pings, the close frame) take
+//! the same path, so every frame reaches the socket whole and in order.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::SystemTime;
 
-use axum::extract::ws::Utf8Bytes;
-use prometheus::IntGauge;
-use tokio::sync::{Notify, mpsc};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
+use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 
-/// A text frame waiting to be written; event frames share one encoding across recipients.
+/// Queued entries written with one vectored write at most.
+const MAX_BATCH: usize = 64;
+
+/// What a connection's socket must be: any byte stream (TCP, TLS).
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A server text frame, framed for the wire once and shared by every recipient.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
-    /// The encoded JSON text.
-    pub bytes: Utf8Bytes,
+    /// The whole WebSocket frame: header and JSON payload.
+    wire: Bytes,
     /// When the event was published, for delivery latency; `None` for replies.
-    pub published_at: Option<SystemTime>,
+    published_at: Option<SystemTime>,
 }
 
 impl OutFrame {
-    /// A reply or control frame.
-    pub fn reply(bytes: Utf8Bytes) -> Self {
+    /// An event frame published at `published_at`.
+    pub fn event(json: &str, published_at: Option<SystemTime>) -> Self {
         Self {
-            bytes,
-            published_at: None,
+            wire: text_frame(json.as_bytes()),
+            published_at,
+        }
+    }
+
+    /// A reply or control frame.
+    pub fn reply(json: &str) -> Self {
+        Self::event(json, None)
+    }
+
+    /// When the event was published.
+    pub fn published_at(&self) -> Option<SystemTime> {
+        self.published_at
+    }
+
+    /// The frame's JSON text.
+    pub fn json(&self) -> &str {
+        let header = match self.wire.get(1) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2,
+        };
+        // Built from a `&str` in `event`, so always UTF-8.
+        std::str::from_utf8(self.wire.get(header..).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// Whether the frame has no bytes (never true: a frame has at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty()
+    }
+}
+
+/// An unmasked, unfragmented server text frame (RFC 6455 section 5.2).
+fn text_frame(payload: &[u8]) -> Bytes {
+    const FIN_TEXT: u8 = 0x81;
+    let len = payload.len();
+    let mut wire = Vec::with_capacity(len + 10);
+    wire.push(FIN_TEXT);
+    if let Ok(short) = u8::try_from(len)
+        && short < 126
+    {
+        wire.push(short);
+    } else if let Ok(medium) = u16::try_from(len) {
+        wire.push(126);
+        wire.extend_from_slice(&medium.to_be_bytes());
+    } else {
+        wire.push(127);
+        wire.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    wire.extend_from_slice(payload);
+    Bytes::from(wire)
+}
+
+/// Why a frame was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// This push took the backlog over its limit; the connection is now closing with 4100.
+    Overflow,
+    /// The connection is closing or its socket failed.
+    Closed,
+}
+
+/// Bytes waiting for the socket, with what to count once they are written.
+struct Queued {
+    bytes: Bytes,
+    /// Whether this is a frame of ours, counted as sent; tungstenite's own bytes are not.
+    counted: bool,
+    published_at: Option<SystemTime>,
+}
+
+/// The socket and its backlog, behind one lock so that frames never interleave.
+struct Socket {
+    /// `None` once the connection ended.
+    io: Option<Box<dyn Io>>,
+    backlog: VecDeque<Queued>,
+    backlog_bytes: usize,
+    /// The first backlog entry was partly written: it must go out whole, even when the rest of
+    /// the backlog is discarded.
+    front_started: bool,
+    /// Bytes were written that a TLS layer may still buffer.
+    unflushed: bool,
+    /// Frames are queued, not written, until the session releases the connection.
+    held: bool,
+    /// A write failed: the connection is dead.
+    broken: bool,
+}
+
+impl Socket {
+    /// Whether a frame may go straight to the socket.
+    fn is_idle(&self) -> bool {
+        !self.held && !self.unflushed && self.backlog.is_empty()
+    }
+
+    /// Writes as much of `bytes` as the socket takes now; `Ok(0)` when it takes nothing.
+    fn write_now(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<usize> {
+        let Some(io) = self.io.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let poll = unbudgeted(|| Pin::new(&mut *io).poll_write(cx, bytes));
+        let written = match poll {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Pending => 0,
+        };
+        if written == bytes.len() {
+            // A no-op on TCP; on TLS it pushes the encrypted record out.
+            match unbudgeted(|| Pin::new(io).poll_flush(cx)) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => self.unflushed = true,
+            }
+        }
+        Ok(written)
+    }
+
+    fn enqueue(&mut self, queued: Queued, metrics: &Metrics) {
+        let len = queued.bytes.len();
+        self.backlog_bytes += len;
+        metrics.outbox_bytes.add(gauge_bytes(len));
+        self.backlog.push_back(queued);
+    }
+
+    /// Writes the backlog, up to [`MAX_BATCH`] entries per write, until it is empty (`Ready`)
+    /// or the socket is full (`Pending`, woken when it can take more).
+    fn poll_drain(&mut self, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if self.held {
+            return Poll::Ready(Ok(()));
+        }
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        while !self.backlog.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self
+                .backlog
+                .iter()
+                .take(MAX_BATCH)
+                .map(|q| IoSlice::new(&q.bytes))
+                .collect();
+            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+                Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                other => other,
+            };
+            let mut written = match written {
+                Ok(n) => n,
+                Err(error) => {
+                    self.broken = true;
+                    return Poll::Ready(Err(error));
+                }
+            };
+            self.unflushed = true;
+            let now = SystemTime::now();
+            let mut sent = 0;
+            while written > 0 {
+                let Some(front) = self.backlog.front_mut() else {
+                    break;
+                };
+                let take = written.min(front.bytes.len());
+                front.bytes.advance(take);
+                written -= take;
+                self.backlog_bytes -= take;
+                metrics.outbox_bytes.sub(gauge_bytes(take));
+                if front.bytes.is_empty() {
+                    if front.counted {
+                        sent += 1;
+                        observe_latency(metrics, front.published_at, now);
+                    }
+                    self.backlog.pop_front();
+                    self.front_started = false;
+                } else {
+                    self.front_started = true;
+                }
+            }
+            metrics.messages_sent.inc_by(sent);
+        }
+        if self.unflushed {
+            if let Err(error) = ready!(Pin::new(io).poll_flush(cx)) {
+                self.broken = true;
+                return Poll::Ready(Err(error));
+            }
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the backlog, but for a frame already partly written.
+    fn discard_backlog(&mut self, metrics: &Metrics) {
+        let keep = usize::from(self.front_started);
+        while self.backlog.len() > keep {
+            if let Some(queued) = self.backlog.pop_back() {
+                self.backlog_bytes -= queued.bytes.len();
+                metrics.outbox_bytes.sub(gauge_bytes(queued.bytes.len()));
+            }
         }
     }
 }
 
-/// Why a frame was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
-    /// This push took the queue over its limit; the connection is now closing with 4100.
-    Overflow,
-    /// The connection is already closing.
-    Closed,
-}
-
 struct Shared {
-    queued_bytes: AtomicUsize,
-    /// Every outbox's bytes together, for metrics.
-    total_bytes: IntGauge,
+    socket: Mutex<Socket>,
+    metrics: Arc<Metrics>,
+    /// Most bytes the backlog may hold.
     limit: usize,
     /// 0 while open, otherwise the close code the session must send.
     close_code: AtomicU16,
     closing: Notify,
+    /// Tells the session there is a backlog to drain.
+    backlog: Notify,
 }
 
 impl Shared {
-    fn taken(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-        self.total_bytes.sub(gauge_bytes(len));
+    fn socket(&self) -> MutexGuard<'_, Socket> {
+        // Nothing panics while holding this lock; if something did, losing the connection is
+        // the worst that can follow, so a poisoned lock is used as is.
+        self.socket.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl Drop for OutboxReceiver {
+impl Drop for Shared {
     fn drop(&mut self) {
-        // Frames still queued when the connection ends leave the total with it.
-        self.frames.close();
-        while let Ok(frame) = self.frames.try_recv() {
-            self.shared.taken(frame.bytes.len());
-        }
+        // A backlog left when the connection ends leaves the total with it.
+        let socket = self.socket.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.metrics
+            .outbox_bytes
+            .sub(gauge_bytes(socket.backlog_bytes));
     }
+}
+
+/// Polls `poll` outside tokio's cooperative budget. A fan-out writes to thousands of sockets
+/// from one task in one go; once that task's budget is spent, tokio reports every socket as not
+/// writable, which would send every frame past the first hundred through a backlog.
+fn unbudgeted<T>(poll: impl FnOnce() -> Poll<T>) -> Poll<T> {
+    let mut poll = Some(poll);
+    let once = std::future::poll_fn(move |_| match poll.take() {
+        Some(poll) => poll(),
+        None => Poll::Pending,
+    });
+    let mut once = std::pin::pin!(tokio::task::coop::unconstrained(once));
+    once.as_mut().poll(&mut Context::from_waker(Waker::noop()))
 }
 
 fn gauge_bytes(len: usize) -> i64 {
     i64::try_from(len).unwrap_or(i64::MAX)
 }
 
-/// The sending side of a connection's outgoing queue; cheap to clone.
+fn observe_latency(metrics: &Metrics, published_at: Option<SystemTime>, now: SystemTime) {
+    if let Some(latency) = published_at.and_then(|at| now.duration_since(at).ok()) {
+        metrics.delivery_latency.observe(latency.as_secs_f64());
+    }
+}
+
+/// A connection's outgoing side; cheap to clone. It starts held: frames queue until the
+/// session has written `connection_established` and calls [`Outbox::release`].
 #[derive(Clone)]
 pub struct Outbox {
-    frames: mpsc::UnboundedSender<OutFrame>,
     shared: Arc<Shared>,
-}
-
-/// The receiving side, owned by the connection's session task.
-pub struct OutboxReceiver {
-    frames: mpsc::UnboundedReceiver<OutFrame>,
-    shared: Arc<Shared>,
-}
-
-/// A new outbox that holds at most `limit_bytes` of frames not yet written to the socket.
-pub fn outbox(limit_bytes: usize, total_bytes: IntGauge) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        queued_bytes: AtomicUsize::new(0),
-        total_bytes,
-        limit: limit_bytes,
-        close_code: AtomicU16::new(0),
-        closing: Notify::new(),
-    });
-    (
-        Outbox {
-            frames: tx,
-            shared: Arc::clone(&shared),
-        },
-        OutboxReceiver { frames: rx, shared },
-    )
 }
 
 impl Outbox {
-    /// Queues a frame without waiting.
-    pub fn push(&self, frame: OutFrame) -> Result<(), PushError> {
-        if self.shared.close_code.load(Ordering::Acquire) != 0 {
+    /// An outbox over `io` whose backlog holds at most `limit_bytes`.
+    pub fn new(io: impl Io, limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                socket: Mutex::new(Socket {
+                    io: Some(Box::new(io)),
+                    backlog: VecDeque::new(),
+                    backlog_bytes: 0,
+                    front_started: false,
+                    unflushed: false,
+                    held: true,
+                    broken: false,
+                }),
+                metrics,
+                limit: limit_bytes,
+                close_code: AtomicU16::new(0),
+                closing: Notify::new(),
+                backlog: Notify::new(),
+            }),
+        }
+    }
+
+    /// Sends a frame: straight to the socket when it has no backlog, otherwise behind it.
+    pub fn push(&self, frame: &OutFrame) -> Result<(), PushError> {
+        let shared = &*self.shared;
+        if shared.close_code.load(Ordering::Acquire) != 0 {
             return Err(PushError::Closed);
         }
-        let len = frame.bytes.len();
-        let queued = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.shared.limit {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        let metrics = &*shared.metrics;
+        let mut socket = shared.socket();
+        if socket.broken || socket.io.is_none() {
+            return Err(PushError::Closed);
+        }
+        let mut rest = frame.wire.clone();
+        if socket.is_idle() {
+            // The session is not waiting on this socket's writability while it has no
+            // backlog, so no waker is needed here; a backlog wakes the session below.
+            let mut cx = Context::from_waker(Waker::noop());
+            match socket.write_now(&mut cx, &frame.wire) {
+                Ok(n) if n == frame.wire.len() => {
+                    metrics.messages_sent.inc();
+                    observe_latency(metrics, frame.published_at, SystemTime::now());
+                    if socket.unflushed {
+                        drop(socket);
+                        shared.backlog.notify_one();
+                    }
+                    return Ok(());
+                }
+                Ok(n) => {
+                    rest.advance(n);
+                    socket.front_started = n > 0;
+                }
+                Err(_) => {
+                    socket.broken = true;
+                    drop(socket);
+                    // The session ends the connection when it sees the failure.
+                    shared.backlog.notify_one();
+                    return Err(PushError::Closed);
+                }
+            }
+        } else if socket.backlog_bytes + frame.wire.len() > shared.limit {
+            drop(socket);
             return if self.close(CloseCode::SlowConsumer) {
                 Err(PushError::Overflow)
             } else {
                 Err(PushError::Closed)
             };
         }
-        if self.frames.send(frame).is_err() {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(PushError::Closed);
+        let wake = socket.backlog.is_empty() && !socket.held;
+        socket.enqueue(
+            Queued {
+                bytes: rest,
+                counted: true,
+                published_at: frame.published_at,
+            },
+            metrics,
+        );
+        drop(socket);
+        if wake {
+            shared.backlog.notify_one();
         }
-        self.shared.total_bytes.add(gauge_bytes(len));
         Ok(())
+    }
+
+    /// Puts a frame ahead of everything queued while the connection is held (the session's
+    /// first frame, ahead of events that came in meanwhile).
+    pub fn push_first(&self, frame: &OutFrame) {
+        let mut socket = self.shared.socket();
+        debug_assert!(socket.held && !socket.front_started);
+        let len = frame.wire.len();
+        socket.backlog_bytes += len;
+        self.shared.metrics.outbox_bytes.add(gauge_bytes(len));
+        socket.backlog.push_front(Queued {
+            bytes: frame.wire.clone(),
+            counted: false,
+            published_at: None,
+        });
+    }
+
+    /// Holds frames in the backlog, so that a run of them goes out in few writes.
+    pub fn hold(&self) {
+        self.shared.socket().held = true;
+    }
+
+    /// Ends [`Outbox::hold`]: the session writes what was queued.
+    pub fn release(&self) {
+        let mut socket = self.shared.socket();
+        socket.held = false;
+        let wake = !socket.backlog.is_empty() || socket.broken;
+        drop(socket);
+        if wake {
+            self.shared.backlog.notify_one();
+        }
     }
 
     /// Asks the session to close the connection with `code`. Returns whether this call was
@@ -144,101 +445,244 @@ impl Outbox {
         started
     }
 
-    /// Bytes queued and not yet handed to the socket.
-    pub fn queued_bytes(&self) -> usize {
-        self.shared.queued_bytes.load(Ordering::Acquire)
-    }
-}
-
-impl OutboxReceiver {
-    /// Waits for the next frame; `None` once every sender is gone.
-    pub async fn recv(&mut self) -> Option<OutFrame> {
-        let frame = self.frames.recv().await?;
-        self.shared.taken(frame.bytes.len());
-        Some(frame)
-    }
-
-    /// Takes a frame that is already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<OutFrame> {
-        let frame = self.frames.try_recv().ok()?;
-        self.shared.taken(frame.bytes.len());
-        Some(frame)
-    }
-
-    /// A handle that waits for a close request, usable while this receiver is borrowed.
-    pub fn close_signal(&self) -> CloseSignal {
-        CloseSignal(Arc::clone(&self.shared))
-    }
-}
-
-/// Tells the session when, and with which code, to close the connection.
-pub struct CloseSignal(Arc<Shared>);
-
-impl CloseSignal {
     /// Waits until a close was asked for, and returns its code.
     pub async fn closing(&self) -> CloseCode {
         loop {
             if let Some(code) = self.close_code() {
                 return code;
             }
-            self.0.closing.notified().await;
+            self.shared.closing.notified().await;
         }
     }
 
     /// The close code asked for, if any.
     pub fn close_code(&self) -> Option<CloseCode> {
-        CloseCode::from_code(self.0.close_code.load(Ordering::Acquire))
+        CloseCode::from_code(self.shared.close_code.load(Ordering::Acquire))
+    }
+
+    /// Bytes queued and not yet handed to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.socket().backlog_bytes
+    }
+
+    /// Resolves when there may be a backlog to drain (or a failed write to notice).
+    pub fn backlog_signal(&self) -> Notified<'_> {
+        self.shared.backlog.notified()
+    }
+
+    /// Writes the backlog until it is empty, or the socket is full (`Pending`).
+    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.socket().poll_drain(cx, &self.shared.metrics)
+    }
+
+    /// Drops the backlog (a slow consumer's, before its close frame), but for a frame already
+    /// partly written.
+    pub fn discard_backlog(&self) {
+        self.shared.socket().discard_backlog(&self.shared.metrics);
+    }
+
+    /// Ends the connection: closes the socket and drops the backlog.
+    pub fn shut(&self) {
+        let mut socket = self.shared.socket();
+        socket.io = None;
+        socket.broken = true;
+        socket.front_started = false;
+        socket.discard_backlog(&self.shared.metrics);
+    }
+
+    /// The socket as a byte stream for tungstenite, whose writes take the outbox's path.
+    pub fn io(&self) -> SocketIo {
+        SocketIo(Arc::clone(&self.shared))
+    }
+}
+
+/// The connection's socket as tungstenite sees it: reads go to the socket; writes are
+/// accepted whole at once (straight to the socket, or behind the backlog), so that a frame of
+/// tungstenite's never interleaves with ours and flushing never waits on a slow client.
+pub struct SocketIo(Arc<Shared>);
+
+impl AsyncRead for SocketIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.0.socket().io.as_mut() {
+            Some(io) => Pin::new(io).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for SocketIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let shared = &*self.0;
+        let mut socket = shared.socket();
+        if socket.broken {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let mut written = 0;
+        if socket.is_idle() {
+            match socket.write_now(cx, buf) {
+                Ok(n) => written = n,
+                Err(error) => {
+                    socket.broken = true;
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        if written < buf.len() {
+            socket.front_started |= written > 0;
+            let wake = socket.backlog.is_empty() && !socket.held;
+            socket.enqueue(
+                Queued {
+                    bytes: Bytes::copy_from_slice(&buf[written..]),
+                    counted: false,
+                    published_at: None,
+                },
+                &shared.metrics,
+            );
+            drop(socket);
+            if wake {
+                shared.backlog.notify_one();
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What the socket did not take is the session's backlog to drain.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
     use super::*;
 
-    fn frame(text: &'static str) -> OutFrame {
-        OutFrame::reply(Utf8Bytes::from_static(text))
+    fn outbox(pipe: usize, limit: usize) -> (Outbox, DuplexStream, Arc<Metrics>) {
+        let (ours, theirs) = duplex(pipe);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let outbox = Outbox::new(ours, limit, Arc::clone(&metrics));
+        outbox.release();
+        (outbox, theirs, metrics)
+    }
+
+    async fn read_exactly(peer: &mut DuplexStream, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        peer.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[test]
+    fn frames_have_the_shortest_length_header() {
+        let short = text_frame(b"hi");
+        assert_eq!(&short[..], b"\x81\x02hi");
+        let medium = text_frame(&[b'x'; 300]);
+        assert_eq!(&medium[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(medium.len(), 304);
+        let long = text_frame(&[b'x'; 70_000]);
+        assert_eq!(&long[..2], &[0x81, 127]);
+        assert_eq!(&long[2..10], &70_000u64.to_be_bytes());
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let json = "x".repeat(len);
+            assert_eq!(OutFrame::reply(&json).json(), json);
+        }
     }
 
     #[tokio::test]
-    async fn frames_flow_and_bytes_are_accounted() {
-        let (tx, mut rx) = outbox(100, IntGauge::new("t", "t").unwrap());
-        tx.push(frame("hello")).unwrap();
-        tx.push(frame("world")).unwrap();
-        assert_eq!(tx.queued_bytes(), 10);
-        assert_eq!(rx.recv().await.unwrap().bytes.as_str(), "hello");
-        assert_eq!(rx.try_recv().unwrap().bytes.as_str(), "world");
-        assert_eq!(tx.queued_bytes(), 0);
-        assert!(rx.try_recv().is_none());
+    async fn an_idle_socket_is_written_at_once() {
+        let (outbox, mut peer, metrics) = outbox(1024, 100);
+        outbox.push(&OutFrame::reply("hello")).unwrap();
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(read_exactly(&mut peer, 7).await, b"\x81\x05hello");
+        assert_eq!(metrics.messages_sent.get(), 1);
     }
 
     #[tokio::test]
-    async fn the_shared_gauge_follows_every_outbox() {
-        let total = IntGauge::new("t", "t").unwrap();
-        let (a, mut a_rx) = outbox(100, total.clone());
-        let (b, b_rx) = outbox(100, total.clone());
-        a.push(frame("12345")).unwrap();
-        b.push(frame("123")).unwrap();
-        assert_eq!(total.get(), 8);
-        a_rx.recv().await.unwrap();
-        assert_eq!(total.get(), 3);
-        drop(b_rx);
+    async fn a_full_socket_gets_a_backlog_that_drains_in_order() {
+        let (outbox, mut peer, metrics) = outbox(10, 1000);
+        for word in ["first", "second", "third"] {
+            outbox.push(&OutFrame::reply(word)).unwrap();
+        }
+        assert!(outbox.queued_bytes() > 0, "the pipe takes only 10 bytes");
         assert_eq!(
-            total.get(),
-            0,
-            "a closed connection's backlog leaves the total"
+            metrics.outbox_bytes.get(),
+            gauge_bytes(outbox.queued_bytes())
+        );
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, 7 + 8 + 7).await });
+        poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+        assert_eq!(
+            reader.await.unwrap(),
+            b"\x81\x05first\x81\x06second\x81\x05third"
+        );
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(metrics.outbox_bytes.get(), 0);
+        assert_eq!(metrics.messages_sent.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn held_frames_wait_behind_the_first() {
+        let (ours, mut peer) = duplex(1024);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let outbox = Outbox::new(ours, 100, metrics);
+        outbox.push(&OutFrame::reply("event")).unwrap();
+        outbox.push_first(&OutFrame::reply("hello"));
+        outbox.release();
+        outbox.backlog_signal().await;
+        poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+        assert_eq!(
+            read_exactly(&mut peer, 14).await,
+            b"\x81\x05hello\x81\x05event"
         );
     }
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer_once() {
-        let (tx, rx) = outbox(10, IntGauge::new("t", "t").unwrap());
-        tx.push(frame("12345678")).unwrap();
-        assert_eq!(tx.push(frame("123")), Err(PushError::Overflow));
-        assert_eq!(tx.push(frame("1")), Err(PushError::Closed));
-        let signal = rx.close_signal();
-        assert_eq!(signal.closing().await, CloseCode::SlowConsumer);
-        assert!(!tx.close(CloseCode::ShuttingDown), "first code wins");
-        assert_eq!(signal.close_code(), Some(CloseCode::SlowConsumer));
+        let (outbox, _peer, _) = outbox(4, 20);
+        outbox.push(&OutFrame::reply("0123456789")).unwrap();
+        assert_eq!(outbox.queued_bytes(), 8, "the pipe took 4 of 12 bytes");
+        outbox.push(&OutFrame::reply("0123456789")).unwrap();
+        assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Overflow));
+        assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Closed));
+        assert_eq!(outbox.closing().await, CloseCode::SlowConsumer);
+        assert!(!outbox.close(CloseCode::ShuttingDown), "first code wins");
+    }
+
+    #[tokio::test]
+    async fn discarding_keeps_a_frame_already_started() {
+        let (outbox, mut peer, metrics) = outbox(4, 100);
+        outbox.push(&OutFrame::reply("0123456789")).unwrap();
+        outbox.push(&OutFrame::reply("abc")).unwrap();
+        outbox.discard_backlog();
+        assert_eq!(outbox.queued_bytes(), 8);
+        let reader = tokio::spawn(async move { read_exactly(&mut peer, 12).await });
+        poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+        assert_eq!(reader.await.unwrap(), b"\x81\x0a0123456789");
+        outbox.shut();
+        assert_eq!(metrics.outbox_bytes.get(), 0);
+        assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_gauge_forgets_a_backlog_left_behind() {
+        let (outbox, _peer, metrics) = outbox(2, 100);
+        outbox.push(&OutFrame::reply("0123456789")).unwrap();
+        assert_eq!(metrics.outbox_bytes.get(), 10);
+        drop(outbox);
+        assert_eq!(metrics.outbox_bytes.get(), 0);
     }
 }

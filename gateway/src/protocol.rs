@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::ws::Utf8Bytes;
 use publisher::wire::{Envelope, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -400,9 +399,9 @@ struct Reply<'a> {
 
 impl ServerFrame<'_> {
     /// Encodes the frame, echoing `id` when the client sent one.
-    pub fn encode(&self, id: Option<&RawValue>) -> Utf8Bytes {
+    pub fn encode(&self, id: Option<&RawValue>) -> String {
         // These frames hold strings, numbers and raw JSON only, so serialisation cannot fail.
-        Utf8Bytes::from(serde_json::to_string(&Reply { frame: self, id }).unwrap_or_default())
+        serde_json::to_string(&Reply { frame: self, id }).unwrap_or_default()
     }
 }
 
@@ -423,7 +422,7 @@ struct EventFrame<'a> {
 const NULL: &str = "null";
 
 /// Encodes a bus event as the frame clients receive: once per node, shared by all recipients.
-pub fn encode_event(envelope: &Envelope<'_>) -> Utf8Bytes {
+pub fn encode_event(envelope: &Envelope<'_>) -> String {
     let null: &RawValue = serde_json::from_str(NULL).unwrap_or_else(|_| unreachable!());
     let frame = EventFrame {
         event: &envelope.event,
@@ -433,7 +432,7 @@ pub fn encode_event(envelope: &Envelope<'_>) -> Utf8Bytes {
         timestamp: &envelope.timestamp,
         data: envelope.data.unwrap_or(null),
     };
-    Utf8Bytes::from(serde_json::to_string(&frame).unwrap_or_default())
+    serde_json::to_string(&frame).unwrap_or_default()
 }
 
 #[cfg(test)]

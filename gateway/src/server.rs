@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use publisher::wire::Position;
@@ -25,8 +26,12 @@ async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<Upgrade, Response>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return refusal,
+    };
     let reject = |status, reason: &'static str, message: &str| {
         node.metrics
             .connections_rejected
@@ -69,13 +74,85 @@ async fn upgrade(
             offset,
             epoch: query.get("since_epoch").cloned().unwrap_or_default(),
         });
-    let limits = &node.config.limits;
-    upgrade
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(16 * 1024 + limits.outbox_max_bytes + limits.max_message_bytes)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| session::run(node, socket, claims, since))
+    let accept = tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let on_upgrade = upgrade.on_upgrade;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                session::run(node, hyper_util::rt::TokioIo::new(upgraded), claims, since).await
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (
+                header::SEC_WEBSOCKET_ACCEPT,
+                HeaderValue::from_str(&accept).unwrap_or(HeaderValue::from_static("")),
+            ),
+        ],
+    )
         .into_response()
+}
+
+/// A WebSocket upgrade request (RFC 6455 section 4.2.1): its key, and the connection to take
+/// over once the 101 response is sent. The session owns the raw connection, so that the
+/// fan-out can write frames to it directly.
+struct Upgrade {
+    key: String,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let bad = |message: &str| http_error(StatusCode::BAD_REQUEST, "bad_request", message);
+        let has = |name: header::HeaderName, token: &str| {
+            parts.headers.get_all(name).iter().any(|value| {
+                value
+                    .to_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        };
+        if parts.method != Method::GET {
+            return Err(http_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "bad_request",
+                "a WebSocket upgrade must be a GET",
+            ));
+        }
+        if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+            return Err(bad("not a WebSocket upgrade request"));
+        }
+        if !has(header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err(http_error(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_request",
+                "only WebSocket version 13 is supported",
+            ));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .and_then(|key| key.to_str().ok())
+            .ok_or_else(|| bad("Sec-WebSocket-Key is missing"))?
+            .to_owned();
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| {
+                http_error(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "bad_request",
+                    "this connection cannot be upgraded",
+                )
+            })?;
+        Ok(Self { key, on_upgrade })
+    }
 }

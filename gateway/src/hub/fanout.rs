@@ -56,16 +56,16 @@ impl Delivery {
             offset: envelope.offset,
             epoch: envelope.epoch.as_deref().map(str::to_owned),
             exclude: envelope.exclude_client.as_deref().map(str::to_owned),
-            frame: OutFrame {
-                bytes: protocol::encode_event(&envelope),
-                published_at: humantime::parse_rfc3339(&envelope.timestamp).ok(),
-            },
+            frame: OutFrame::event(
+                &protocol::encode_event(&envelope),
+                humantime::parse_rfc3339(&envelope.timestamp).ok(),
+            ),
         })
     }
 
     /// When the event was published.
     pub fn published_at(&self) -> Option<SystemTime> {
-        self.frame.published_at
+        self.frame.published_at()
     }
 
     /// The client frame.
@@ -84,7 +84,7 @@ impl Delivery {
     }
 }
 
-pub(super) fn push(outbox: &Outbox, frame: OutFrame, metrics: &Metrics, client_id: &str) {
+pub(super) fn push(outbox: &Outbox, frame: &OutFrame, metrics: &Metrics, client_id: &str) {
     match outbox.push(frame) {
         Ok(()) => {}
         Err(PushError::Overflow) => {
@@ -136,7 +136,7 @@ pub(super) fn give(
         }
         subscriber.seen_through = offset;
     }
-    push(&subscriber.outbox, frame.clone(), metrics, client_id);
+    push(&subscriber.outbox, frame, metrics, client_id);
 }
 
 impl Hub {
@@ -193,7 +193,7 @@ impl Hub {
                 if let Some(members) = state.client_types.get(name.as_str()) {
                     for (client_id, outbox) in members {
                         if !delivery.excludes(client_id) {
-                            push(outbox, delivery.frame.clone(), metrics, client_id);
+                            push(outbox, &delivery.frame, metrics, client_id);
                         }
                     }
                 }
@@ -201,7 +201,7 @@ impl Hub {
             Recipients::Broadcast => {
                 for (client_id, session) in &state.sessions {
                     if !delivery.excludes(client_id) {
-                        push(&session.outbox, delivery.frame.clone(), metrics, client_id);
+                        push(&session.outbox, &delivery.frame, metrics, client_id);
                     }
                 }
             }
@@ -304,22 +304,19 @@ impl Hub {
         } else {
             metrics.recoveries.with_label_values(&["node_reload"]).inc();
             tracing::info!(channel = %name, "history cannot fill the gap: clients must reload");
-            let reload = ServerFrame::Reload {
-                channel: name.as_str(),
-                position: &page.top,
-            }
-            .encode(None);
+            let reload = OutFrame::reply(
+                &ServerFrame::Reload {
+                    channel: name.as_str(),
+                    position: &page.top,
+                }
+                .encode(None),
+            );
             for (client_id, subscriber) in channel.subscribers.iter_mut() {
                 subscriber.seen_through = page.top.offset;
                 if let Some(pending) = &mut subscriber.replay {
                     pending.retain(|(offset, _)| offset.is_none());
                 }
-                push(
-                    &subscriber.outbox,
-                    OutFrame::reply(reload.clone()),
-                    metrics,
-                    client_id,
-                );
+                push(&subscriber.outbox, &reload, metrics, client_id);
             }
             channel.delivered = Some(page.top);
         }

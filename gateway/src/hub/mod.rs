@@ -470,7 +470,7 @@ impl Hub {
                 code: CloseCode::ShuttingDown.code(),
                 reconnect_after_ms: delay,
             };
-            let _ = session.outbox.push(OutFrame::reply(frame.encode(None)));
+            let _ = session.outbox.push(&OutFrame::reply(&frame.encode(None)));
             session.outbox.close(CloseCode::ShuttingDown);
         }
         state.sessions.len()

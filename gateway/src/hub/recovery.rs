@@ -90,6 +90,8 @@ impl Hub {
             return;
         };
         let held = subscriber.replay.take().unwrap_or_default();
+        // The replay goes out in few writes rather than one per event.
+        subscriber.outbox.hold();
         for delivery in &recovery.replayed {
             if !delivery.excludes(client_id) {
                 give(
@@ -105,6 +107,7 @@ impl Hub {
         for (offset, frame) in held {
             give(subscriber, client_id, offset, &frame, metrics);
         }
+        subscriber.outbox.release();
     }
 
     /// A channel's stored events as client frames, and its position; `None` where the
@@ -135,7 +138,7 @@ impl Hub {
         }
         let frames = events
             .iter()
-            .filter_map(|d| RawValue::from_string(d.frame().bytes.to_string()).ok())
+            .filter_map(|d| RawValue::from_string(d.frame().json().to_owned()).ok())
             .collect();
         Ok(Some((frames, page.top)))
     }

@@ -174,13 +174,15 @@ impl Hub {
                 .map(|(id, s)| (s.presence(id), s.outbox.clone()))
                 .collect()
         };
-        let frame = ServerFrame::Unsubscribed {
-            channels: vec![channel.to_string()],
-        }
-        .encode(None);
+        let frame = OutFrame::reply(
+            &ServerFrame::Unsubscribed {
+                channels: vec![channel.to_string()],
+            }
+            .encode(None),
+        );
         for (entry, outbox) in &chosen {
             self.unsubscribe(&entry.client_id, channel);
-            let _ = outbox.push(OutFrame::reply(frame.clone()));
+            let _ = outbox.push(&frame);
         }
         chosen.into_iter().map(|(entry, _)| entry).collect()
     }

@@ -1,27 +1,31 @@
 //! One client connection: authentication by first frame, the frame loop, limits, heartbeats,
-//! token expiry, and batched writes from the outbox.
+//! token expiry, and draining the outbox's backlog.
 //!
-//! A session is one task that owns its socket: it waits on the outbox, the socket, the heartbeat
-//! and the token's expiry at once, and writes every frame that is queued with one flush.
-//! [`frames`] handles each client frame.
+//! A session is one task per socket: it reads client frames, and waits on the heartbeat, the
+//! token's expiry, a close request and the outbox's backlog at once. Frames usually reach the
+//! socket without it: the fan-out writes them directly (see [`crate::outbox`]); the session
+//! only writes what a full socket could not take, many frames per write. [`frames`] handles
+//! each client frame.
 
 mod frames;
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{FutureExt, SinkExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use publisher::wire::{ChannelName, Position};
 use serde_json::value::RawValue;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::Node;
 use crate::auth::Claims;
 use crate::hub::{ClientId, Connection, Recovery};
-use crate::outbox::{OutFrame, Outbox, OutboxReceiver, outbox};
+use crate::outbox::{Io, OutFrame, Outbox, SocketIo};
 use crate::protocol::{
     ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
 };
@@ -29,8 +33,9 @@ use crate::rate::{Strikes, TokenBucket};
 
 /// How long a connection opened without a token has to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames written per flush at most, so one busy connection cannot starve its own reads.
-const MAX_BATCH: u64 = 64;
+/// Bytes tungstenite reads from the socket at once: client frames are small, and an idle
+/// connection should cost little.
+const READ_BUFFER: usize = 512;
 /// How long a close frame may take to reach a slow client.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refused frames in one flood before 4101.
@@ -47,35 +52,38 @@ enum Ending {
     ByClient(&'static str),
 }
 
-/// Serves an upgraded socket. `claims` is `None` when the token must come in an `auth` frame;
-/// `since` is where the personal channel's history left off, when the client recovers it.
-pub async fn run(
-    node: Arc<Node>,
-    mut socket: WebSocket,
-    claims: Option<Claims>,
-    since: Option<Position>,
-) {
+/// A client's WebSocket, read by tungstenite over the outbox's socket.
+type Socket = WebSocketStream<SocketIo>;
+
+/// Serves an upgraded connection. `claims` is `None` when the token must come in an `auth`
+/// frame; `since` is where the personal channel's history left off, when the client recovers it.
+pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Option<Position>) {
+    let limits = &node.config.limits;
+    let outbox = Outbox::new(io, limits.outbox_max_bytes, Arc::clone(&node.metrics));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    let mut socket =
+        WebSocketStream::from_raw_socket(outbox.io(), Role::Server, Some(config)).await;
     let (claims, since) = match claims {
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
             Ok(authenticated) => authenticated,
-            Err(code) => return refuse(&node, &mut socket, code).await,
+            Err(code) => return refuse(&node, &mut socket, &outbox, code).await,
         },
     };
     let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
-    let (tx, rx) = outbox(
-        node.config.limits.outbox_max_bytes,
-        node.metrics.outbox_bytes.clone(),
-    );
     let connection = Connection {
         client_id: Arc::clone(&client_id),
         user_id: claims.user_id.clone(),
         client_type: claims.client_type.clone(),
-        outbox: tx.clone(),
+        outbox: outbox.clone(),
     };
     let slot = match take_user_slot(&node, &claims).await {
         Ok(slot) => slot,
-        Err(code) => return refuse(&node, &mut socket, code).await,
+        Err(code) => return refuse(&node, &mut socket, &outbox, code).await,
     };
     let personal = ChannelName::personal(&claims.user_id);
     let history = node.hub.keeps_history(&personal);
@@ -83,7 +91,7 @@ pub async fn run(
         tracing::warn!(%error, "could not register connection");
         node.hub.disconnect(&client_id);
         release_user_slot(&node, &claims, slot).await;
-        return refuse(&node, &mut socket, CloseCode::Internal).await;
+        return refuse(&node, &mut socket, &outbox, CloseCode::Internal).await;
     }
     let recovery = if history {
         node.hub.recover(&personal, since.as_ref()).await
@@ -99,16 +107,9 @@ pub async fn run(
         position: recovery.top.as_ref(),
         recovered: recovery.recovered,
     };
-    // Written ahead of the outbox, where events may already wait.
-    if socket
-        .send(Message::Text(established.encode(None)))
-        .await
-        .is_err()
-    {
-        node.hub.disconnect(&client_id);
-        release_user_slot(&node, &claims, slot).await;
-        return;
-    }
+    // Ahead of the events that may already wait in the held outbox.
+    outbox.push_first(&OutFrame::reply(&established.encode(None)));
+    outbox.release();
     if history {
         node.hub.finish_replay(&client_id, &personal, &recovery);
     }
@@ -127,8 +128,7 @@ pub async fn run(
         client_id: Arc::clone(&client_id),
         claims,
         socket,
-        outbox: tx,
-        inbox: rx,
+        outbox,
         last_seen: Instant::now(),
     };
     let ending = session.serve().await;
@@ -139,6 +139,7 @@ pub async fn run(
             node.cluster.left(channel, &entry).await;
         }
     }
+    session.outbox.shut();
     release_user_slot(&node, &session.claims, slot).await;
     let label = match ending {
         Ending::Closed(code) => code.label(),
@@ -154,12 +155,13 @@ pub async fn run(
 }
 
 /// Closes a connection that never became a session, counting it.
-async fn refuse(node: &Node, socket: &mut WebSocket, code: CloseCode) {
+async fn refuse(node: &Node, socket: &mut Socket, outbox: &Outbox, code: CloseCode) {
     node.metrics
         .disconnections
         .with_label_values(&[code.label()])
         .inc();
-    close_socket(socket, code, CLOSE_TIMEOUT).await;
+    close_socket(socket, outbox, code, CLOSE_TIMEOUT).await;
+    outbox.shut();
 }
 
 /// Takes one of the user's connection slots where a cluster-wide cap is set; `Ok(false)` when
@@ -208,7 +210,7 @@ async fn release_user_slot(node: &Node, claims: &Claims, taken: bool) {
 /// Waits for `{"type":"auth","token":…}` as the first frame.
 async fn first_frame_auth(
     node: &Node,
-    socket: &mut WebSocket,
+    socket: &mut Socket,
 ) -> Result<(Claims, Option<Position>), CloseCode> {
     let reject = |reason: &'static str| {
         node.metrics
@@ -217,7 +219,7 @@ async fn first_frame_auth(
             .inc();
         CloseCode::TokenInvalid
     };
-    let message = match timeout(AUTH_TIMEOUT, socket.recv()).await {
+    let message = match timeout(AUTH_TIMEOUT, socket.next()).await {
         Err(_) => return Err(reject("auth_timeout")),
         Ok(None | Some(Err(_))) => return Err(reject("auth_frame")),
         Ok(Some(Ok(message))) => message,
@@ -239,9 +241,8 @@ struct Session {
     node: Arc<Node>,
     client_id: ClientId,
     claims: Claims,
-    socket: WebSocket,
+    socket: Socket,
     outbox: Outbox,
-    inbox: OutboxReceiver,
     rate: TokenBucket,
     rate_strikes: Strikes,
     bad_frames: Strikes,
@@ -253,10 +254,10 @@ impl Session {
         let heartbeat = self.node.config.heartbeat_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let close_signal = self.inbox.close_signal();
+        let outbox = self.outbox.clone();
         // Built once and polled in place: re-creating a timer or a notification on every
-        // event would cost a timer-wheel update per delivery.
-        let closing = close_signal.closing();
+        // frame would cost a timer-wheel update each time.
+        let closing = outbox.closing();
         tokio::pin!(closing);
         let mut expires_at = self.claims.expires_at;
         let expiry = sleep_until(self.expiry_deadline());
@@ -270,15 +271,12 @@ impl Session {
             tokio::select! {
                 biased;
                 code = &mut closing => break Ending::Closed(code),
-                frame = self.inbox.recv() => match frame {
-                    Some(frame) => {
-                        if let Err(ending) = self.write_batch(frame, closing.as_mut()).await {
-                            break ending;
-                        }
+                () = outbox.backlog_signal() => {
+                    if let Err(ending) = self.drain(closing.as_mut()).await {
+                        break ending;
                     }
-                    None => break Ending::Closed(CloseCode::Internal),
-                },
-                message = self.socket.recv() => {
+                }
+                message = self.socket.next() => {
                     self.last_seen = Instant::now();
                     match message {
                         Some(Ok(message)) => {
@@ -294,7 +292,10 @@ impl Session {
                     if self.last_seen.elapsed() > self.node.config.idle_timeout {
                         break Ending::Closed(CloseCode::GoingAway);
                     }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                    // A client with a backlog is behind already; its reads prove it alive.
+                    if self.outbox.queued_bytes() == 0
+                        && self.socket.send(Message::Ping(Default::default())).await.is_err()
+                    {
                         break Ending::ByClient("1006");
                     }
                 }
@@ -310,15 +311,16 @@ impl Session {
                 .with_label_values(&[code.label()])
                 .inc();
             let send_timeout = if code == CloseCode::SlowConsumer {
-                // Its socket is full: the close frame goes out only once it reads again.
+                // A slow consumer's backlog is what we are closing it for, and its socket is
+                // full: the close frame goes out only once it reads again.
+                self.outbox.discard_backlog();
                 self.node.config.idle_timeout
             } else {
                 // What was queued before the close (a `disconnect` notice, a last error reply)
-                // still goes out; a slow consumer's backlog is what we are closing it for.
-                let _ = timeout(CLOSE_TIMEOUT, self.write_queued()).await;
+                // still goes out ahead of the close frame.
                 CLOSE_TIMEOUT
             };
-            close_socket(&mut self.socket, code, send_timeout).await;
+            close_socket(&mut self.socket, &self.outbox, code, send_timeout).await;
         }
         ending
     }
@@ -333,61 +335,28 @@ impl Session {
         Instant::now() + left + leeway
     }
 
-    /// Writes every frame still queued, then flushes.
-    async fn write_queued(&mut self) {
-        while let Some(frame) = self.inbox.try_recv() {
-            if self.socket.feed(Message::Text(frame.bytes)).await.is_err() {
-                return;
-            }
-        }
-        let _ = self.socket.flush().await;
-    }
-
-    /// Writes `first` and whatever else is queued with one flush. Usually the kernel takes it
-    /// all at once; otherwise the write races `closing` (a slow consumer is closed while its
-    /// socket is full) and the idle timeout, and only then is a timer armed.
-    async fn write_batch<F: Future<Output = CloseCode>>(
+    /// Writes the outbox's backlog. Usually the socket takes it all at once; otherwise the
+    /// write races `closing` (a slow consumer is closed while its socket is full) and the idle
+    /// timeout, and only then is a timer armed.
+    async fn drain<F: Future<Output = CloseCode>>(
         &mut self,
-        first: OutFrame,
         closing: Pin<&mut F>,
     ) -> Result<(), Ending> {
-        let write_timeout = self.node.config.idle_timeout;
-        let frames = self.write_frames(first);
-        tokio::pin!(frames);
-        if let Some(result) = (&mut frames).now_or_never() {
-            return result;
-        }
-        tokio::select! {
-            biased;
-            code = closing => Err(Ending::Closed(code)),
-            result = &mut frames => result,
-            _ = tokio::time::sleep(write_timeout) => Err(Ending::ByClient("1006")),
-        }
-    }
-
-    async fn write_frames(&mut self, first: OutFrame) -> Result<(), Ending> {
-        let metrics = &self.node.metrics;
-        let mut next = Some(first);
-        let mut written: u64 = 0;
-        while let Some(frame) = next.take() {
-            if let Some(published_at) = frame.published_at
-                && let Ok(latency) = SystemTime::now().duration_since(published_at)
-            {
-                metrics.delivery_latency.observe(latency.as_secs_f64());
-            }
-            if self.socket.feed(Message::Text(frame.bytes)).await.is_err() {
-                return Err(Ending::ByClient("1006"));
-            }
-            written += 1;
-            if written < MAX_BATCH {
-                next = self.inbox.try_recv();
-            }
-        }
-        metrics.messages_sent.inc_by(written);
-        self.socket
-            .flush()
-            .await
-            .map_err(|_| Ending::ByClient("1006"))
+        let outbox = &self.outbox;
+        let drained = poll_fn(|cx| outbox.poll_drain(cx));
+        tokio::pin!(drained);
+        let result = match (&mut drained).now_or_never() {
+            Some(result) => result,
+            None => tokio::select! {
+                biased;
+                code = closing => return Err(Ending::Closed(code)),
+                result = &mut drained => result,
+                _ = tokio::time::sleep(self.node.config.idle_timeout) => {
+                    return Err(Ending::ByClient("1006"));
+                }
+            },
+        };
+        result.map_err(|_| Ending::ByClient("1006"))
     }
 
     async fn on_message(&mut self, message: Message) -> Option<Ending> {
@@ -406,7 +375,7 @@ impl Session {
                 return self.bad_frame(error);
             }
             // Pongs only prove liveness; tungstenite answers pings itself on the next flush.
-            Message::Ping(_) | Message::Pong(_) => {
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 return self
                     .socket
                     .flush()
@@ -415,7 +384,7 @@ impl Session {
                     .map(|_| Ending::ByClient("1006"));
             }
             Message::Close(frame) => {
-                let label = match frame.map(|f| f.code) {
+                let label = match frame.map(|f| u16::from(f.code)) {
                     Some(1000) | None => "1000",
                     Some(1001) => "1001",
                     Some(_) => "client_other",
@@ -480,7 +449,7 @@ impl Session {
     }
 
     fn reply(&self, id: Option<&RawValue>, frame: ServerFrame<'_>) {
-        let _ = self.outbox.push(OutFrame::reply(frame.encode(id)));
+        let _ = self.outbox.push(&OutFrame::reply(&frame.encode(id)));
     }
 
     fn reply_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
@@ -492,39 +461,39 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn ending_for_read_error(error: &axum::Error) -> Ending {
+fn ending_for_read_error(error: &tungstenite::Error) -> Ending {
     use tungstenite::error::{CapacityError, Error};
-    let too_big = std::error::Error::source(error)
-        .and_then(|e| e.downcast_ref::<Error>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                Error::Capacity(CapacityError::MessageTooLong { .. })
-                    | Error::Capacity(CapacityError::TooManyHeaders)
-            )
-        });
-    if too_big {
-        Ending::Closed(CloseCode::MessageTooBig)
-    } else {
-        Ending::ByClient("1006")
+    match error {
+        Error::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
+            Ending::Closed(CloseCode::MessageTooBig)
+        }
+        _ => Ending::ByClient("1006"),
     }
 }
 
-/// Sends a close frame (giving up after `send_timeout`), then waits briefly for the client's
-/// reply so the close frame is not lost to a TCP reset caused by unread input.
-async fn close_socket(socket: &mut WebSocket, code: CloseCode, send_timeout: Duration) {
+/// Sends a close frame behind what is queued (giving up on the queue after `send_timeout`),
+/// then waits briefly for the client's reply so the close frame is not lost to a TCP reset
+/// caused by unread input.
+async fn close_socket(
+    socket: &mut Socket,
+    outbox: &Outbox,
+    code: CloseCode,
+    send_timeout: Duration,
+) {
     let frame = CloseFrame {
-        code: code.code(),
+        code: code.code().into(),
         reason: Utf8Bytes::from_static(code.reason()),
     };
-    if timeout(send_timeout, socket.send(Message::Close(Some(frame))))
-        .await
-        .is_err()
-    {
+    outbox.release();
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let sent = timeout(send_timeout, poll_fn(|cx| outbox.poll_drain(cx))).await;
+    if !matches!(sent, Ok(Ok(()))) {
         return;
     }
     let _ = timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
