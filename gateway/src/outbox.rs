@@ -233,6 +233,8 @@ impl Socket {
             }
             metrics.messages_sent.inc_by(sent);
         }
+        // An idle connection should not keep the backlog's buffer.
+        self.backlog = VecDeque::new();
         if self.unflushed {
             if let Err(error) = ready!(Pin::new(io).poll_flush(cx)) {
                 self.broken = true;
@@ -340,6 +342,11 @@ impl Outbox {
 
     /// Sends a frame: straight to the socket when it has no backlog, otherwise behind it.
     pub fn push(&self, frame: &OutFrame) -> Result<(), PushError> {
+        self.send(frame, true)
+    }
+
+    /// Sends a frame; `counted` says whether it counts as a message sent.
+    fn send(&self, frame: &OutFrame, counted: bool) -> Result<(), PushError> {
         let shared = &*self.shared;
         if shared.close_code.load(Ordering::Acquire) != 0 {
             return Err(PushError::Closed);
@@ -356,8 +363,10 @@ impl Outbox {
             let mut cx = Context::from_waker(Waker::noop());
             match socket.write_now(&mut cx, &frame.wire) {
                 Ok(n) if n == frame.wire.len() => {
-                    metrics.messages_sent.inc();
-                    observe_latency(metrics, frame.published_at, SystemTime::now());
+                    if counted {
+                        metrics.messages_sent.inc();
+                        observe_latency(metrics, frame.published_at, SystemTime::now());
+                    }
                     if socket.unflushed {
                         drop(socket);
                         shared.backlog.notify_one();
@@ -388,7 +397,7 @@ impl Outbox {
         socket.enqueue(
             Queued {
                 bytes: rest,
-                counted: true,
+                counted,
                 published_at: frame.published_at,
             },
             metrics,
@@ -398,6 +407,15 @@ impl Outbox {
             shared.backlog.notify_one();
         }
         Ok(())
+    }
+
+    /// Sends a heartbeat ping frame (its answer is any frame, a pong included).
+    pub fn ping(&self) {
+        const PING: OutFrame = OutFrame {
+            wire: Bytes::from_static(&[0x89, 0x00]),
+            published_at: None,
+        };
+        let _ = self.send(&PING, false);
     }
 
     /// Puts a frame ahead of everything queued while the connection is held (the session's

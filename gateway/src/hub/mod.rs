@@ -82,7 +82,9 @@ struct Subscriber {
 
 struct Channel {
     subscribers: HashMap<ClientId, Subscriber>,
-    bus: watch::Receiver<BusState>,
+    /// How the bus subscription stands while it is being confirmed; `None` once confirmed,
+    /// so that a channel that is set up costs no watch channel.
+    bus: Option<watch::Receiver<BusState>>,
     /// History channels: the last offset this node delivered, and its epoch.
     delivered: Option<Position>,
     /// Events held back while the node catches this channel up from history.
@@ -236,7 +238,7 @@ impl Hub {
         max_channels: usize,
         replay: bool,
     ) -> Result<bool, HubError> {
-        let mut bus = {
+        let bus = {
             let mut state = self.state();
             let Some((key, session)) = state.sessions.get_key_value(client_id) else {
                 return Err(HubError::UnknownClient);
@@ -269,16 +271,22 @@ impl Hub {
                         .broker
                         .subscribe(self.inner.topics.channel(channel.as_str()));
                     let (tx, rx) = watch::channel(BusState::Pending);
+                    let hub = self.clone();
+                    let name = channel.clone();
                     tokio::spawn(async move {
                         let state = match confirm.await {
                             Ok(()) => BusState::Ready,
                             Err(e) => BusState::Failed(e.to_string()),
                         };
+                        let ready = state == BusState::Ready;
                         let _ = tx.send(state);
+                        if ready {
+                            hub.bus_confirmed(&name, &tx);
+                        }
                     });
                     let channel = Channel {
                         subscribers: HashMap::from([(key, subscriber)]),
-                        bus: rx,
+                        bus: Some(rx),
                         delivered: None,
                         catching_up: None,
                     };
@@ -287,6 +295,9 @@ impl Hub {
             };
             self.update_gauges(&state);
             bus
+        };
+        let Some(mut bus) = bus else {
+            return Ok(true);
         };
         let state = bus
             .wait_for(|s| *s != BusState::Pending)
@@ -299,6 +310,20 @@ impl Hub {
                 Err(BrokerError::Unavailable(reason).into())
             }
             _ => Ok(true),
+        }
+    }
+
+    /// Forgets a channel's confirmation watch once the bus confirmed it, unless the channel was
+    /// dropped and made again meanwhile (then the watch is another's).
+    fn bus_confirmed(&self, name: &ChannelName, confirmation: &watch::Sender<BusState>) {
+        let mut state = self.state();
+        if let Some(channel) = state.channels.get_mut(name)
+            && channel
+                .bus
+                .as_ref()
+                .is_some_and(|bus| bus.same_channel(&confirmation.subscribe()))
+        {
+            channel.bus = None;
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use publisher::wire::{ChannelName, Position};
 use serde_json::value::RawValue;
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
@@ -35,7 +35,7 @@ use crate::rate::{Strikes, TokenBucket};
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes tungstenite reads from the socket at once: client frames are small, and an idle
 /// connection should cost little.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 128;
 /// How long a close frame may take to reach a slow client.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Refused frames in one flood before 4101.
@@ -58,6 +58,23 @@ type Socket = WebSocketStream<SocketIo>;
 /// Serves an upgraded connection. `claims` is `None` when the token must come in an `auth`
 /// frame; `since` is where the personal channel's history left off, when the client recovers it.
 pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Option<Position>) {
+    // Setting up and tearing down await large futures (Redis, history) that a long-lived idle
+    // connection should not carry: boxed, they live on the heap only while they run.
+    let Some((mut session, slot)) = Box::pin(open(node, io, claims, since)).await else {
+        return;
+    };
+    let ending = session.serve().await;
+    Box::pin(finish(session, slot, ending)).await;
+}
+
+/// Authenticates, registers the connection and sends `connection_established`; `None` when
+/// the connection was refused or lost. Returns the session and whether it took a user slot.
+async fn open(
+    node: Arc<Node>,
+    io: impl Io,
+    claims: Option<Claims>,
+    since: Option<Position>,
+) -> Option<(Session, bool)> {
     let limits = &node.config.limits;
     let outbox = Outbox::new(io, limits.outbox_max_bytes, Arc::clone(&node.metrics));
     let config = WebSocketConfig::default()
@@ -71,7 +88,10 @@ pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Op
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
             Ok(authenticated) => authenticated,
-            Err(code) => return refuse(&node, &mut socket, &outbox, code).await,
+            Err(code) => {
+                refuse(&node, &mut socket, &outbox, code).await;
+                return None;
+            }
         },
     };
     let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
@@ -83,7 +103,10 @@ pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Op
     };
     let slot = match take_user_slot(&node, &claims).await {
         Ok(slot) => slot,
-        Err(code) => return refuse(&node, &mut socket, &outbox, code).await,
+        Err(code) => {
+            refuse(&node, &mut socket, &outbox, code).await;
+            return None;
+        }
     };
     let personal = ChannelName::personal(&claims.user_id);
     let history = node.hub.keeps_history(&personal);
@@ -91,7 +114,8 @@ pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Op
         tracing::warn!(%error, "could not register connection");
         node.hub.disconnect(&client_id);
         release_user_slot(&node, &claims, slot).await;
-        return refuse(&node, &mut socket, &outbox, CloseCode::Internal).await;
+        refuse(&node, &mut socket, &outbox, CloseCode::Internal).await;
+        return None;
     }
     let recovery = if history {
         node.hub.recover(&personal, since.as_ref()).await
@@ -120,7 +144,7 @@ pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Op
     tracing::debug!(client_id = %client_id, user_id = %claims.user_id, "connected");
 
     let limits = &node.config.limits;
-    let mut session = Session {
+    let session = Session {
         rate: TokenBucket::new(limits.rate_limit_per_second, limits.rate_limit_burst),
         rate_strikes: Strikes::new(RATE_STRIKES, None),
         bad_frames: Strikes::new(BAD_FRAME_STRIKES, Some(BAD_FRAME_WINDOW)),
@@ -131,16 +155,22 @@ pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Op
         outbox,
         last_seen: Instant::now(),
     };
-    let ending = session.serve().await;
-    let entry = node.hub.presence_entry(&client_id);
-    let channels = node.hub.disconnect(&client_id);
+    Some((session, slot))
+}
+
+/// Unregisters a session that ended, and counts how.
+async fn finish(session: Session, slot: bool, ending: Ending) {
+    let node = &session.node;
+    let client_id = &session.client_id;
+    let entry = node.hub.presence_entry(client_id);
+    let channels = node.hub.disconnect(client_id);
     if let Some(entry) = entry {
         for channel in &channels {
             node.cluster.left(channel, &entry).await;
         }
     }
     session.outbox.shut();
-    release_user_slot(&node, &session.claims, slot).await;
+    release_user_slot(node, &session.claims, slot).await;
     let label = match ending {
         Ending::Closed(code) => code.label(),
         Ending::ByClient(label) => {
@@ -252,27 +282,29 @@ struct Session {
 impl Session {
     async fn serve(&mut self) -> Ending {
         let heartbeat = self.node.config.heartbeat_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_ping = Instant::now() + heartbeat;
         let outbox = self.outbox.clone();
         // Built once and polled in place: re-creating a timer or a notification on every
-        // frame would cost a timer-wheel update each time.
+        // frame would cost a timer-wheel update each time. One timer serves both the heartbeat
+        // and the token's expiry, so an idle connection holds one.
         let closing = outbox.closing();
         tokio::pin!(closing);
         let mut expires_at = self.claims.expires_at;
-        let expiry = sleep_until(self.expiry_deadline());
-        tokio::pin!(expiry);
+        let mut expiry = self.expiry_deadline();
+        let timer = sleep_until(next_ping.min(expiry));
+        tokio::pin!(timer);
         let ending = loop {
             if self.claims.expires_at != expires_at {
                 // A refresh replaced the token.
                 expires_at = self.claims.expires_at;
-                expiry.as_mut().reset(self.expiry_deadline());
+                expiry = self.expiry_deadline();
+                timer.as_mut().reset(next_ping.min(expiry));
             }
             tokio::select! {
                 biased;
                 code = &mut closing => break Ending::Closed(code),
                 () = outbox.backlog_signal() => {
-                    if let Err(ending) = self.drain(closing.as_mut()).await {
+                    if let Err(ending) = Box::pin(self.drain(closing.as_mut())).await {
                         break ending;
                     }
                 }
@@ -280,7 +312,7 @@ impl Session {
                     self.last_seen = Instant::now();
                     match message {
                         Some(Ok(message)) => {
-                            if let Some(ending) = self.on_message(message).await {
+                            if let Some(ending) = Box::pin(self.on_message(message)).await {
                                 break ending;
                             }
                         }
@@ -288,18 +320,23 @@ impl Session {
                         None => break Ending::ByClient("1006"),
                     }
                 }
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() > self.node.config.idle_timeout {
-                        break Ending::Closed(CloseCode::GoingAway);
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        break Ending::Closed(CloseCode::TokenExpired);
                     }
-                    // A client with a backlog is behind already; its reads prove it alive.
-                    if self.outbox.queued_bytes() == 0
-                        && self.socket.send(Message::Ping(Default::default())).await.is_err()
-                    {
-                        break Ending::ByClient("1006");
+                    if now >= next_ping {
+                        if self.last_seen.elapsed() > self.node.config.idle_timeout {
+                            break Ending::Closed(CloseCode::GoingAway);
+                        }
+                        // A client with a backlog is behind already; its reads prove it alive.
+                        if self.outbox.queued_bytes() == 0 {
+                            self.outbox.ping();
+                        }
+                        next_ping = now + heartbeat;
                     }
+                    timer.as_mut().reset(next_ping.min(expiry));
                 }
-                _ = &mut expiry => break Ending::Closed(CloseCode::TokenExpired),
             }
         };
         if let Ending::Closed(code) = ending {
@@ -320,7 +357,13 @@ impl Session {
                 // still goes out ahead of the close frame.
                 CLOSE_TIMEOUT
             };
-            close_socket(&mut self.socket, &self.outbox, code, send_timeout).await;
+            Box::pin(close_socket(
+                &mut self.socket,
+                &self.outbox,
+                code,
+                send_timeout,
+            ))
+            .await;
         }
         ending
     }
