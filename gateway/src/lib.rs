@@ -149,13 +149,14 @@ pub async fn run(
                 };
                 let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
                 let history = RedisHistory::new(
-                    broker.pool().clone(),
+                    broker.connection().clone(),
                     topics.clone(),
                     policies.clone(),
                     window,
                     broker.status(),
                 );
-                let registry = RedisRegistry::new(broker.pool().clone(), &config.redis_prefix);
+                let registry =
+                    RedisRegistry::new(broker.connection().clone(), &config.redis_prefix);
                 (Arc::new(broker), Arc::new(history), Arc::new(registry))
             }
         };

@@ -15,12 +15,14 @@
 //! is the one place where that format lives (`docs/redis.md` describes it for other languages).
 
 mod publish;
+pub mod shared;
 pub mod wire;
 
 #[doc(hidden)]
 pub mod doctest;
 
 pub use publish::{Event, PublishError, Publisher, Receipt, Recipients};
+pub use shared::SharedConnection;
 pub use wire::{
     ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
     WireError,

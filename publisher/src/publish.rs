@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Pool, Runtime};
 use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::shared::SharedConnection;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -193,40 +196,36 @@ impl Event {
     /// Each bus message this event becomes: one per channel.
     fn messages(&self, topics: &Topics) -> Vec<Message> {
         let timestamp = timestamp_now();
-        let channels: Vec<ChannelName> = match &self.recipients {
-            Recipients::Channel(channel) => vec![channel.clone()],
-            Recipients::Channels(channels) => channels.clone(),
-            Recipients::User(user) => vec![ChannelName::personal(user)],
-            Recipients::ClientType(_) | Recipients::Broadcast => Vec::new(),
-        };
-        let targets: Vec<(Option<&ChannelName>, Target<'_>)> = match &self.recipients {
-            Recipients::ClientType(client_type) => {
-                vec![(None, Target::ClientType(client_type.as_str()))]
+        let message = |target: Target<'_>| {
+            let envelope = Envelope::new(
+                target,
+                self.name.as_str(),
+                Some(&self.data),
+                self.exclude_client.as_deref(),
+                timestamp.as_str().into(),
+            );
+            Message {
+                channel: None,
+                topic: topics.for_target(target),
+                payload: envelope.encode(),
+                scripted: false,
             }
-            Recipients::Broadcast => vec![(None, Target::Broadcast)],
-            _ => channels
-                .iter()
-                .map(|c| (Some(c), Target::Channel(c.as_str())))
-                .collect(),
         };
-        targets
-            .into_iter()
-            .map(|(owner, target)| {
-                let envelope = Envelope::new(
-                    target,
-                    self.name.as_str(),
-                    Some(&self.data),
-                    self.exclude_client.as_deref(),
-                    timestamp.as_str().into(),
-                );
-                Message {
-                    channel: owner.cloned(),
-                    topic: topics.for_target(target),
-                    payload: envelope.encode(),
-                    scripted: owner.is_some(),
-                }
-            })
-            .collect()
+        let on_channel = |channel: ChannelName| {
+            let mut on_channel = message(Target::Channel(channel.as_str()));
+            on_channel.channel = Some(channel);
+            on_channel.scripted = true;
+            on_channel
+        };
+        match &self.recipients {
+            Recipients::Channel(channel) => vec![on_channel(channel.clone())],
+            Recipients::Channels(channels) => channels.iter().cloned().map(on_channel).collect(),
+            Recipients::User(user) => vec![on_channel(ChannelName::personal(user))],
+            Recipients::ClientType(client_type) => {
+                vec![message(Target::ClientType(client_type.as_str()))]
+            }
+            Recipients::Broadcast => vec![message(Target::Broadcast)],
+        }
     }
 }
 
@@ -244,7 +243,7 @@ impl Event {
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    pool: Pool,
+    connection: SharedConnection,
     topics: Topics,
     script: Arc<redis::Script>,
     script_loaded: Arc<AtomicBool>,
@@ -255,7 +254,7 @@ pub struct Publisher {
 #[derive(Default)]
 struct HistoryNamespaces {
     read_at: Option<Instant>,
-    names: HashSet<String>,
+    names: Arc<HashSet<String>>,
 }
 
 impl Publisher {
@@ -281,7 +280,7 @@ impl Publisher {
     /// A publisher over an existing deadpool-redis pool.
     pub fn from_pool(pool: Pool) -> Self {
         Self {
-            pool,
+            connection: SharedConnection::new(pool),
             topics: Topics::new("gw"),
             script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
             script_loaded: Arc::new(AtomicBool::new(false)),
@@ -317,14 +316,25 @@ impl Publisher {
     /// # });
     /// ```
     pub async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Receipt>, PublishError> {
-        let mut messages: Vec<(Option<&str>, Message)> = Vec::new();
+        let mut connection = self.connection.get().await?;
+        match self.publish_over(&mut connection, events).await {
+            Err(PublishError::Redis(error)) => Err(self.connection.check(error).into()),
+            other => other,
+        }
+    }
+
+    async fn publish_over(
+        &self,
+        connection: &mut MultiplexedConnection,
+        events: &[Event],
+    ) -> Result<Vec<Receipt>, PublishError> {
+        let mut messages: Vec<(Option<&str>, Message)> = Vec::with_capacity(events.len());
         for event in events {
             for message in event.messages(&self.topics) {
                 messages.push((event.idempotency_key.as_deref(), message));
             }
         }
-        let mut connection = self.pool.get().await?;
-        let history = self.history_namespaces(&mut connection).await;
+        let history = self.history_namespaces(connection).await;
         for (key, message) in &mut messages {
             // The script is only needed where history or idempotency is; elsewhere, PUBLISH.
             let plain = key.is_none()
@@ -336,7 +346,7 @@ impl Publisher {
             message.scripted = message.channel.is_some() && !plain;
         }
         let all: Vec<usize> = (0..messages.len()).collect();
-        let mut replies = match self.run(&mut connection, &messages, &all).await {
+        let mut replies = match self.run(connection, &messages, &all).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
@@ -348,7 +358,7 @@ impl Publisher {
                     .copied()
                     .filter(|i| messages[*i].1.scripted)
                     .collect();
-                let again = self.run(&mut connection, &messages, &scripted).await?;
+                let again = self.run(connection, &messages, &scripted).await?;
                 let mut replies = vec![Value::Nil; messages.len()];
                 for (index, reply) in scripted.into_iter().zip(again) {
                     replies[index] = reply;
@@ -370,37 +380,39 @@ impl Publisher {
     /// not say (then every channel event goes through the script, which is always correct).
     async fn history_namespaces(
         &self,
-        connection: &mut deadpool_redis::Connection,
-    ) -> Option<HashSet<String>> {
+        connection: &mut MultiplexedConnection,
+    ) -> Option<Arc<HashSet<String>>> {
         {
             let cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             if cached
                 .read_at
                 .is_some_and(|at| at.elapsed() < POLICY_REFRESH)
             {
-                return Some(cached.names.clone());
+                return Some(Arc::clone(&cached.names));
             }
         }
         let policies: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.topics.namespaces())
-            .query_async(&mut **connection)
+            .query_async(connection)
             .await
             .ok()?;
-        let names: HashSet<String> = policies
-            .into_iter()
-            .filter(|(_, policy)| !policy.starts_with("0 "))
-            .map(|(namespace, _)| namespace)
-            .collect();
+        let names: Arc<HashSet<String>> = Arc::new(
+            policies
+                .into_iter()
+                .filter(|(_, policy)| !policy.starts_with("0 "))
+                .map(|(namespace, _)| namespace)
+                .collect(),
+        );
         let mut cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         cached.read_at = Some(Instant::now());
-        cached.names.clone_from(&names);
+        cached.names = Arc::clone(&names);
         Some(names)
     }
 
     /// Sends the messages at `indexes` in one pipeline; returns one reply per message.
     async fn run(
         &self,
-        connection: &mut deadpool_redis::Connection,
+        connection: &mut MultiplexedConnection,
         messages: &[(Option<&str>, Message)],
         indexes: &[usize],
     ) -> Result<Vec<Value>, redis::RedisError> {
@@ -452,7 +464,7 @@ impl Publisher {
                 }
             }
         }
-        let replies: Vec<Value> = pipeline.query_async(&mut **connection).await?;
+        let replies: Vec<Value> = pipeline.query_async(connection).await?;
         if load {
             self.script_loaded.store(true, Ordering::Release);
         }

@@ -323,8 +323,12 @@ impl<'a> Envelope<'a> {
 
     /// Encodes the message as the JSON that goes on the bus.
     pub fn encode(&self) -> Vec<u8> {
+        // Sized once: the fields are short and the data is most of the message.
+        let data = self.data.map_or(0, |d| d.get().len());
+        let mut out = Vec::with_capacity(160 + data);
         // Serialising a struct of strings, numbers and raw JSON cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 
     /// The single target of this message.

@@ -36,7 +36,6 @@ pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
     let total = bench.pick(args.publishes, 200_000, 2_000);
     let clients = args.clients.clamp(1, 8);
     let redis = Redis::start().await?;
-    let publisher = Publisher::connect(&redis.url())?;
     let pad = load::padding(args.event_bytes);
     // The exact bus message the publisher sends, for redis-benchmark to send too.
     let message = sample_message(&pad)?;
@@ -52,12 +51,10 @@ pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
     report.param("publishes_per_depth", total);
     report.param("clients", clients);
     report.param("message_bytes", message.len());
-    // Warm up the pool's connections and Redis.
-    ours(&publisher, 16, (total / 10).max(100), clients, &pad).await?;
     for &depth in &args.depths {
         let depth = depth.max(1);
         progress(LABEL, &format!("depth {depth}: {total} publishes"));
-        let rate = ours(&publisher, depth, total, clients, &pad).await?;
+        let rate = ours(redis.url(), depth, total, clients, pad.clone()).await?;
         report.add(&format!("depth {depth}: publisher"), rate, Unit::PerSecond);
         match redis_benchmark(redis.port(), depth, total, clients, &message).await {
             Ok(reference) => {
@@ -110,9 +107,23 @@ fn sample_message(pad: &str) -> Result<String> {
     Ok(serde_json::to_string(&message)?)
 }
 
-/// Publishes/s of `clients` tasks, each sending batches of `depth` events until `total`.
-async fn ours(
-    publisher: &Publisher,
+/// Publishes/s of `clients` tasks, each with its own publisher (one connection each), sending
+/// batches of `depth` events until `total`. They run on one thread, as redis-benchmark does,
+/// so that both sides pay the same for waking up when Redis answers.
+async fn ours(url: String, depth: usize, total: usize, clients: usize, pad: String) -> Result<f64> {
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a one-thread runtime")?;
+        runtime.block_on(ours_on_this_thread(&url, depth, total, clients, &pad))
+    })
+    .await
+    .context("the publishing thread")?
+}
+
+async fn ours_on_this_thread(
+    url: &str,
     depth: usize,
     total: usize,
     clients: usize,
@@ -121,11 +132,19 @@ async fn ours(
     let batch: Vec<Event> = (0..depth)
         .map(|_| load::event(CHANNEL, pad))
         .collect::<Result<_>>()?;
+    let publishers = (0..clients)
+        .map(|_| Publisher::connect(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Warm up: connect, and let Redis settle.
+    for publisher in &publishers {
+        for _ in 0..(1_000 / depth).max(1) {
+            publisher.publish_batch(&batch).await?;
+        }
+    }
     let batches = total.div_ceil(depth);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for k in 0..clients {
-        let publisher = publisher.clone();
+    for (k, publisher) in publishers.into_iter().enumerate() {
         let batch = batch.clone();
         let mine = batches * (k + 1) / clients - batches * k / clients;
         tasks.spawn(async move {

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Runtime;
 use futures_util::StreamExt;
 use prometheus::IntCounter;
+use publisher::SharedConnection;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -69,7 +70,7 @@ impl Health {
 
 /// A node's handle on the Redis bus.
 pub struct RedisBroker {
-    pool: Pool,
+    redis: SharedConnection,
     shards: Vec<mpsc::UnboundedSender<Request>>,
     status: watch::Receiver<bool>,
 }
@@ -118,7 +119,7 @@ impl RedisBroker {
             })
             .collect();
         Ok(Self {
-            pool,
+            redis: SharedConnection::new(pool),
             shards,
             status,
         })
@@ -131,9 +132,9 @@ impl RedisBroker {
         &self.shards[index]
     }
 
-    /// A pooled connection for commands other than pub/sub.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The shared connection for commands other than pub/sub.
+    pub fn connection(&self) -> &SharedConnection {
+        &self.redis
     }
 }
 
@@ -141,17 +142,20 @@ impl Broker for RedisBroker {
     fn publish(&self, topic: String, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let mut connection = self
-                .pool
+                .redis
                 .get()
                 .await
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
             let mut command = redis::cmd("PUBLISH");
             command.arg(&topic).arg(payload.as_ref());
-            let publish = command.query_async::<i64>(&mut *connection);
+            let publish = command.query_async::<i64>(&mut connection);
             match timeout(COMMAND_TIMEOUT, publish).await {
                 Ok(Ok(_receivers)) => Ok(()),
-                Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
-                Err(_) => Err(BrokerError::Unavailable("PUBLISH timed out".into())),
+                Ok(Err(e)) => Err(BrokerError::Unavailable(self.redis.check(e).to_string())),
+                Err(_) => {
+                    self.redis.reset();
+                    Err(BrokerError::Unavailable("PUBLISH timed out".into()))
+                }
             }
         })
     }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use publisher::SharedConnection;
 use redis::Script;
+use redis::aio::MultiplexedConnection;
 
 use super::registry::{PresenceRecord, Registry, RegistryError};
 use crate::broker::BoxFuture;
@@ -53,7 +54,7 @@ return left";
 
 /// The cluster registry in Redis.
 pub struct RedisRegistry {
-    pool: Pool,
+    redis: SharedConnection,
     prefix: String,
     heartbeat: Script,
     nodes: Script,
@@ -66,10 +67,10 @@ fn unavailable(error: impl std::fmt::Display) -> RegistryError {
 }
 
 impl RedisRegistry {
-    /// A registry over `pool` under the deployment's key prefix.
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    /// A registry over `redis` under the deployment's key prefix.
+    pub fn new(redis: SharedConnection, prefix: &str) -> Self {
         Self {
-            pool,
+            redis,
             prefix: prefix.to_owned(),
             heartbeat: Script::new(HEARTBEAT),
             nodes: Script::new(NODES),
@@ -94,8 +95,13 @@ impl RedisRegistry {
         format!("{}:user:{user}:connections", self.prefix)
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, RegistryError> {
-        self.pool.get().await.map_err(unavailable)
+    async fn connection(&self) -> Result<MultiplexedConnection, RegistryError> {
+        self.redis.get().await.map_err(unavailable)
+    }
+
+    /// Maps a Redis error, dropping the shared connection if it broke.
+    fn failed(&self, error: redis::RedisError) -> RegistryError {
+        unavailable(self.redis.check(error))
     }
 
     async fn list_nodes(&self, which: &str) -> Result<Vec<String>, RegistryError> {
@@ -103,9 +109,9 @@ impl RedisRegistry {
         self.nodes
             .key(self.nodes_key())
             .arg(which)
-            .invoke_async(&mut *connection)
+            .invoke_async(&mut connection)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -124,9 +130,9 @@ impl Registry for RedisRegistry {
                 .key(self.nodes_key())
                 .arg(&node)
                 .arg(lease.as_millis().to_string())
-                .invoke_async(&mut *connection)
+                .invoke_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(())
         })
     }
@@ -150,9 +156,9 @@ impl Registry for RedisRegistry {
                 .arg("NX")
                 .arg("PX")
                 .arg(60_000)
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(claimed.is_some())
         })
     }
@@ -167,9 +173,9 @@ impl Registry for RedisRegistry {
                 .atomic()
                 .hgetall(&presence_key)
                 .smembers(&users_key)
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             let mut cleanup = redis::pipe();
             for user in &users {
                 cleanup.hdel(self.user_key(user), &node).ignore();
@@ -182,9 +188,9 @@ impl Registry for RedisRegistry {
                 .zrem(self.nodes_key(), &node)
                 .ignore();
             cleanup
-                .query_async::<()>(&mut *connection)
+                .query_async::<()>(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(records
                 .into_iter()
                 .filter_map(|(field, entry)| {
@@ -211,9 +217,9 @@ impl Registry for RedisRegistry {
                 .arg(&key)
                 .arg(&field)
                 .arg(&value)
-                .query_async::<i64>(&mut *connection)
+                .query_async::<i64>(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(())
         })
     }
@@ -231,9 +237,9 @@ impl Registry for RedisRegistry {
             redis::cmd("HDEL")
                 .arg(&key)
                 .arg(&field)
-                .query_async::<i64>(&mut *connection)
+                .query_async::<i64>(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(())
         })
     }
@@ -255,9 +261,9 @@ impl Registry for RedisRegistry {
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let granted: i64 = invocation
-                .invoke_async(&mut *connection)
+                .invoke_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(granted == 1)
         })
     }
@@ -276,9 +282,9 @@ impl Registry for RedisRegistry {
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let _left: i64 = invocation
-                .invoke_async(&mut *connection)
+                .invoke_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(())
         })
     }

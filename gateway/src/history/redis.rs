@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::Pool;
+use publisher::SharedConnection;
 use publisher::wire::{ChannelName, PUBLISH_SCRIPT, Position, Topics};
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use super::{History, HistoryError, Page, Policies, Published};
@@ -16,7 +17,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Channel history in Redis streams.
 pub struct RedisHistory {
-    pool: Pool,
+    redis: SharedConnection,
     topics: Topics,
     policies: Policies,
     script: redis::Script,
@@ -24,24 +25,24 @@ pub struct RedisHistory {
 }
 
 impl RedisHistory {
-    /// History over `pool`. Writes the namespaces' policies to `<prefix>:namespaces` now and
+    /// History over `redis`. Writes the namespaces' policies to `<prefix>:namespaces` now and
     /// every time `bus_up` turns true, so publishers in any language find them.
     pub fn new(
-        pool: Pool,
+        redis: SharedConnection,
         topics: Topics,
         policies: Policies,
         idempotency_window: Duration,
         bus_up: watch::Receiver<bool>,
     ) -> Self {
         let history = Self {
-            pool,
+            redis,
             topics,
             policies,
             script: redis::Script::new(PUBLISH_SCRIPT),
             idempotency_window,
         };
         tokio::spawn(announce_policies(
-            history.pool.clone(),
+            history.redis.clone(),
             history.topics.namespaces(),
             history.policies.clone(),
             bus_up,
@@ -49,18 +50,37 @@ impl RedisHistory {
         history
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, HistoryError> {
-        self.pool
+    async fn connection(&self) -> Result<MultiplexedConnection, HistoryError> {
+        self.redis
             .get()
             .await
             .map_err(|e| HistoryError::Unavailable(e.to_string()))
+    }
+
+    /// Bounds a history command; one that times out drops the shared connection, which may
+    /// be half-open.
+    async fn timed<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, HistoryError>>,
+    ) -> Result<T, HistoryError> {
+        tokio::time::timeout(COMMAND_TIMEOUT, future)
+            .await
+            .map_err(|_| {
+                self.redis.reset();
+                HistoryError::Unavailable("history command timed out".into())
+            })?
+    }
+
+    /// Maps a Redis error, dropping the shared connection if it broke.
+    fn failed(&self, error: redis::RedisError) -> HistoryError {
+        unavailable(self.redis.check(error))
     }
 }
 
 /// Keeps `<prefix>:namespaces` in step with this node's configuration, also after Redis lost
 /// its data.
 async fn announce_policies(
-    pool: Pool,
+    redis: SharedConnection,
     key: String,
     policies: Policies,
     mut bus_up: watch::Receiver<bool>,
@@ -72,13 +92,13 @@ async fn announce_policies(
     loop {
         if *bus_up.borrow_and_update() && !fields.is_empty() {
             let written = async {
-                let mut connection = pool.get().await.map_err(|e| e.to_string())?;
+                let mut connection = redis.get().await.map_err(|e| e.to_string())?;
                 redis::cmd("HSET")
                     .arg(&key)
                     .arg(&fields)
-                    .query_async::<i64>(&mut *connection)
+                    .query_async::<i64>(&mut connection)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| redis.check(e).to_string())
             };
             if let Err(error) = written.await {
                 tracing::warn!(%error, "could not publish namespace history policies");
@@ -92,14 +112,6 @@ async fn announce_policies(
 
 fn unavailable(error: redis::RedisError) -> HistoryError {
     HistoryError::Unavailable(error.to_string())
-}
-
-async fn timed<T>(
-    future: impl std::future::Future<Output = Result<T, HistoryError>>,
-) -> Result<T, HistoryError> {
-    tokio::time::timeout(COMMAND_TIMEOUT, future)
-        .await
-        .map_err(|_| HistoryError::Unavailable("history command timed out".into()))?
 }
 
 impl History for RedisHistory {
@@ -130,12 +142,12 @@ impl History for RedisHistory {
                     .map(|p| format!("{} {}", p.size, p.ttl.as_millis()))
                     .unwrap_or_default(),
             );
-        Box::pin(timed(async move {
+        Box::pin(self.timed(async move {
             let mut connection = self.connection().await?;
             let (offset, epoch, duplicate): (u64, String, u8) = invocation
-                .invoke_async(&mut *connection)
+                .invoke_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             Ok(Published {
                 position: (offset > 0).then_some(Position { offset, epoch }),
                 duplicate: duplicate == 1,
@@ -166,12 +178,12 @@ impl History for RedisHistory {
                 .arg("COUNT")
                 .arg(size.max(1));
         }
-        Box::pin(timed(async move {
+        Box::pin(self.timed(async move {
             let mut connection = self.connection().await?;
             let replies: Vec<Value> = pipeline
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             let mut replies = replies.into_iter();
             let (offset, epoch): (Option<u64>, Option<String>) =
                 redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
