@@ -39,6 +39,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use publisher::wire::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -207,6 +208,12 @@ pub async fn run(
     let public_router = server::router(Arc::clone(&node));
     let public_task = match node.config.tls.clone() {
         None => {
+            // Frames are small and latency-bound: no Nagle delay behind an unacknowledged one.
+            let public = public.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY");
+                }
+            });
             let server = axum::serve(public, public_router)
                 .with_graceful_shutdown(until_stopped(stopped.clone()));
             tokio::spawn(async move { server.await })
@@ -262,14 +269,27 @@ fn credentials(config: &Config) -> Result<(Authenticator, String), GatewayError>
     Ok((auth, api_key))
 }
 
-/// Hands each bus message to the cluster (control traffic) or the hub (events).
+/// Hands each bus message to the cluster (control traffic) or the hub (events). Messages that
+/// wait together are dispatched as one round, whose frames reach each socket in one write.
 async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<BusMessage>) {
-    while let Some(message) = inbox.recv().await {
-        if cluster.is_control(&message.topic) {
-            cluster.handle(&message);
+    const MAX_ROUND: usize = 256;
+    let mut round = Vec::with_capacity(MAX_ROUND);
+    while inbox.recv_many(&mut round, MAX_ROUND).await > 0 {
+        let dispatch_all = || {
+            for message in &round {
+                if cluster.is_control(&message.topic) {
+                    cluster.handle(message);
+                } else {
+                    hub.dispatch(message);
+                }
+            }
+        };
+        if round.len() == 1 {
+            dispatch_all();
         } else {
-            hub.dispatch(&message);
+            outbox::corked(dispatch_all);
         }
+        round.clear();
     }
 }
 

@@ -13,6 +13,7 @@
 //! socket with tungstenite ([`SocketIo`]), whose own writes (pongs, pings, the close frame) take
 //! the same path, so every frame reaches the socket whole and in order.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -32,6 +33,35 @@ use crate::protocol::CloseCode;
 
 /// Queued entries written with one vectored write at most.
 const MAX_BATCH: usize = 64;
+
+thread_local! {
+    /// While [`corked`] runs on this thread: the outboxes that got frames, to write at its end.
+    static CORKED: RefCell<Option<Vec<Outbox>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with writes corked: frames pushed meanwhile are queued, and each socket that got
+/// any is written once, with one vectored write, when `f` returns. A fan-out of many events
+/// at once then costs one write per socket rather than one per frame.
+pub fn corked<T>(f: impl FnOnce() -> T) -> T {
+    let outer = CORKED.with(|corked| corked.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let touched = CORKED.with(|corked| std::mem::replace(&mut *corked.borrow_mut(), outer));
+    for outbox in touched.unwrap_or_default() {
+        outbox.uncork();
+    }
+    result
+}
+
+/// Records `outbox` for the current [`corked`] round; `false` when no round is running.
+fn cork(outbox: &Outbox) -> bool {
+    CORKED.with(|corked| match corked.borrow_mut().as_mut() {
+        Some(touched) => {
+            touched.push(outbox.clone());
+            true
+        }
+        None => false,
+    })
+}
 
 /// What a connection's socket must be: any byte stream (TCP, TLS).
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -357,6 +387,18 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let mut rest = frame.wire.clone();
+        if socket.is_idle() && cork(self) {
+            // Written when the round ends; until then, later frames queue behind this one.
+            socket.enqueue(
+                Queued {
+                    bytes: rest,
+                    counted,
+                    published_at: frame.published_at,
+                },
+                metrics,
+            );
+            return Ok(());
+        }
         if socket.is_idle() {
             // The session is not waiting on this socket's writability while it has no
             // backlog, so no waker is needed here; a backlog wakes the session below.
@@ -416,6 +458,19 @@ impl Outbox {
             published_at: None,
         };
         let _ = self.send(&PING, false);
+    }
+
+    /// Writes what a [`corked`] round queued, as far as the socket takes it now; the session
+    /// drains the rest.
+    fn uncork(&self) {
+        let mut socket = self.shared.socket();
+        let mut cx = Context::from_waker(Waker::noop());
+        let drained = unbudgeted(|| socket.poll_drain(&mut cx, &self.shared.metrics));
+        let wake = !matches!(drained, Poll::Ready(Ok(()))) || !socket.backlog.is_empty();
+        drop(socket);
+        if wake {
+            self.shared.backlog.notify_one();
+        }
     }
 
     /// Puts a frame ahead of everything queued while the connection is held (the session's
@@ -650,6 +705,29 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(metrics.outbox_bytes.get(), 0);
         assert_eq!(metrics.messages_sent.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_corked_round_writes_each_socket_once_at_its_end() {
+        let (outbox, mut peer, metrics) = outbox(1024, 100);
+        corked(|| {
+            outbox.push(&OutFrame::reply("one")).unwrap();
+            outbox.push(&OutFrame::reply("two")).unwrap();
+            assert_eq!(
+                outbox.queued_bytes(),
+                10,
+                "nothing written during the round"
+            );
+        });
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(read_exactly(&mut peer, 10).await, b"\x81\x03one\x81\x03two");
+        assert_eq!(metrics.messages_sent.get(), 2);
+        outbox.push(&OutFrame::reply("three")).unwrap();
+        assert_eq!(
+            outbox.queued_bytes(),
+            0,
+            "outside a round, frames go straight out"
+        );
     }
 
     #[tokio::test]
