@@ -5,12 +5,12 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
-use nix::sys::socket::sockopt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -24,6 +24,35 @@ use crate::measure::unix_nanos;
 use crate::stats::Shared;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// Source ports the bench hands out, in `[FIRST_PORT, LAST_PORT]`.
+const FIRST_PORT: u16 = 10_000;
+const LAST_PORT: u16 = 65_000;
+
+/// Binds `socket` to `source` and a port of the bench's choosing. Leaving the port to the
+/// kernel makes every connect search the ephemeral range for a free 4-tuple, which costs more
+/// the more connections one address holds (it was most of a worker's CPU at 19,000). Ports are
+/// taken in turn from a random start, skipping those in use.
+fn bind_source(socket: &TcpSocket, source: Ipv4Addr) -> Result<()> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: OnceLock<u32> = OnceLock::new();
+    let span = u32::from(LAST_PORT - FIRST_PORT) + 1;
+    let start = *START.get_or_init(|| rand::random_range(0..span));
+    // Another socket's TIME_WAIT on a port does not block a new, different 4-tuple.
+    socket.set_reuseaddr(true).context("SO_REUSEADDR")?;
+    let mut last_error = None;
+    for _ in 0..64 {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = FIRST_PORT + u16::try_from(offset).unwrap_or(0);
+        match socket.bind(SocketAddr::from((source, port))) {
+            Ok(()) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(error),
+            Err(error) => return Err(error).with_context(|| format!("binding to {source}:{port}")),
+        }
+    }
+    Err(last_error.map_or_else(|| anyhow::anyhow!("no port"), anyhow::Error::from))
+        .with_context(|| format!("no free source port on {source}"))
+}
 
 /// Longest a connection attempt (TCP, upgrade, first frame, subscribe) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -186,14 +215,7 @@ impl Client {
         if let Some(size) = self.recv_buffer {
             socket.set_recv_buffer_size(size).context("SO_RCVBUF")?;
         }
-        // Without this, binding to port 0 reserves an ephemeral port at once, searching the
-        // whole range: connects slow down as the ports fill up. With it, the port is chosen at
-        // connect time and may be shared with other destinations.
-        nix::sys::socket::setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)
-            .context("IP_BIND_ADDRESS_NO_PORT")?;
-        socket
-            .bind(SocketAddr::from((self.source, 0)))
-            .with_context(|| format!("binding to {}", self.source))?;
+        bind_source(&socket, self.source)?;
         let stream = socket
             .connect(*addr)
             .await
