@@ -35,6 +35,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use crate::fleet::FleetOptions;
 use crate::report::Report;
 use crate::scenarios::Bench;
+use crate::scenarios::floor::FloorArgs;
 use crate::scenarios::hot::HotArgs;
 use crate::scenarios::idle::IdleArgs;
 use crate::scenarios::many::ManyArgs;
@@ -82,6 +83,9 @@ enum Scenario {
     SlowConsumers(SlowArgs),
     /// 6. Publisher throughput at pipeline depths, next to redis-benchmark.
     Publisher(PublishArgs),
+    /// 7. The socket floor: the kernel's cost of one small write to one of many loopback
+    ///    sockets, with no gateway; the bound under the gateway's cost per delivery.
+    SocketFloor(FloorArgs),
     /// Every scenario in turn, each with its defaults.
     All,
     /// (internal) A client worker process; the driver starts these itself.
@@ -139,8 +143,11 @@ async fn run(cli: &Cli) -> Result<()> {
     let bench = Bench {
         smoke: cli.smoke,
         fleet: cli.fleet.clone(),
-        gateway_bin: if matches!(cli.scenario, Scenario::Publisher(_)) {
-            // The publisher scenario needs no gateway.
+        gateway_bin: if matches!(
+            cli.scenario,
+            Scenario::Publisher(_) | Scenario::SocketFloor(_)
+        ) {
+            // These scenarios need no gateway.
             PathBuf::new()
         } else {
             procs::gateway_binary(cli.gateway_bin.as_deref(), cli.no_build)?
@@ -153,6 +160,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Storm(args) => vec![scenarios::storm::run(&bench, args).await?],
         Scenario::SlowConsumers(args) => vec![scenarios::slow::run(&bench, args).await?],
         Scenario::Publisher(args) => vec![scenarios::publish::run(&bench, args).await?],
+        Scenario::SocketFloor(args) => vec![scenarios::floor::run(&bench, args).await?],
         Scenario::All => run_all(&bench, cli.json).await?,
         Scenario::Worker { .. } => Vec::new(),
     };
@@ -191,6 +199,7 @@ async fn run_all(bench: &Bench, json: bool) -> Result<Vec<Report>> {
     done(scenarios::storm::run(bench, &defaults()?).await?);
     done(scenarios::slow::run(bench, &defaults()?).await?);
     done(scenarios::publish::run(bench, &defaults()?).await?);
+    done(scenarios::floor::run(bench, &defaults()?).await?);
     Ok(reports)
 }
 

@@ -10,6 +10,7 @@ pub(crate) enum Unit {
     Bytes,
     PerSecond,
     Millis,
+    Micros,
     Seconds,
     Count,
     Ratio,
@@ -32,6 +33,7 @@ impl Unit {
             }
             Self::PerSecond => format!("{} /s", thousands(value)),
             Self::Millis => format!("{value:.2} ms"),
+            Self::Micros => format!("{value:.2} µs"),
             Self::Seconds => format!("{value:.2} s"),
             Self::Count => thousands(value),
             Self::Ratio => format!("{value:.2}×"),

@@ -205,3 +205,16 @@ fn publisher_as_json() {
         }
     }
 }
+
+#[test]
+fn socket_floor() {
+    let out = smoke(&["socket-floor"]);
+    assert_figures(
+        &out,
+        &[
+            "burst: writer CPU per write",
+            "burst: time to write to every socket",
+            "spread: writer CPU per write",
+        ],
+    );
+}
