@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{Bench, latency_rows, progress};
 use crate::fleet::Fleet;
-use crate::measure::{Latency, metric_sum};
+use crate::measure::{Latency, metric_sum, redis_cpu_seconds};
 use crate::plan::Spread;
 use crate::procs::Redis;
 use crate::report::{Report, Target, Unit};
@@ -49,7 +49,17 @@ pub(crate) async fn run(bench: &Bench, args: &IdleArgs) -> Result<Report> {
             plan.source_ips.len()
         ),
     );
+    let cpu_before = (
+        super::gateway_cpu(&gateways)?,
+        fleet.cpu_seconds()?,
+        redis_cpu_seconds(&redis.url()).await?,
+    );
     let connected = fleet.connect().await?;
+    let cpu = (
+        super::gateway_cpu(&gateways)? - cpu_before.0,
+        fleet.cpu_seconds()? - cpu_before.1,
+        redis_cpu_seconds(&redis.url()).await? - cpu_before.2,
+    );
     tokio::time::sleep(*args.settle).await;
     let rss_after = gateway.rss()?;
     let metrics = gateway.metrics().await?;
@@ -95,6 +105,24 @@ pub(crate) async fn run(bench: &Bench, args: &IdleArgs) -> Result<Report> {
         "time to connect all",
         connected.elapsed.as_secs_f64(),
         Unit::Seconds,
+    );
+    // What one connection costs each process while connecting: with every process on the
+    // same two cores, their sum bounds the connect rate.
+    let per_connection_us = |seconds: f64| seconds * 1e6 / connected.ok.max(1) as f64;
+    report.add(
+        "gateway CPU per connect",
+        per_connection_us(cpu.0),
+        Unit::Micros,
+    );
+    report.add(
+        "client workers' CPU per connect",
+        per_connection_us(cpu.1),
+        Unit::Micros,
+    );
+    report.add(
+        "Redis CPU per connect",
+        per_connection_us(cpu.2),
+        Unit::Micros,
     );
     latency_rows(
         &mut report,
