@@ -18,7 +18,7 @@ pub(crate) struct PublishArgs {
     /// Pipeline depths: events per `publish_batch` (`-P` of redis-benchmark).
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
     depths: Vec<usize>,
-    /// Publishes per depth [default: 200000; smoke: 2000].
+    /// Publishes per depth and side, over all rounds [default: 200000; smoke: 2000].
     #[arg(long)]
     publishes: Option<usize>,
     /// Concurrent publishing connections (`-c` of redis-benchmark).
@@ -27,6 +27,10 @@ pub(crate) struct PublishArgs {
     /// Size of each event's data in bytes.
     #[arg(long, default_value_t = 100)]
     event_bytes: usize,
+    /// Rounds per depth, each side running a share of the publishes in turn [default: 5;
+    /// smoke: 1].
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 const LABEL: &str = "publisher";
@@ -35,6 +39,7 @@ const CHANNEL: &str = "bench";
 pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
     let total = bench.pick(args.publishes, 200_000, 2_000);
     let clients = args.clients.clamp(1, 8);
+    let rounds = bench.pick(args.rounds, 5, 1).max(1);
     let redis = Redis::start().await?;
     let pad = load::padding(args.event_bytes);
     // The exact bus message the publisher sends, for redis-benchmark to send too.
@@ -51,26 +56,50 @@ pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
     report.param("publishes_per_depth", total);
     report.param("clients", clients);
     report.param("message_bytes", message.len());
+    report.param("rounds", rounds);
     for &depth in &args.depths {
         let depth = depth.max(1);
-        progress(LABEL, &format!("depth {depth}: {total} publishes"));
-        let rate = ours(redis.url(), depth, total, clients, pad.clone()).await?;
-        report.add(&format!("depth {depth}: publisher"), rate, Unit::PerSecond);
-        match redis_benchmark(redis.port(), depth, total, clients, &message).await {
-            Ok(reference) => {
+        let per_round = total.div_ceil(rounds);
+        progress(
+            LABEL,
+            &format!("depth {depth}: {rounds} rounds of {per_round} publishes each side"),
+        );
+        // The two sides take turns, so that both meet the same moments of a shared machine.
+        let mut mine = Vec::with_capacity(rounds);
+        let mut theirs = Vec::with_capacity(rounds);
+        let mut ratios = Vec::with_capacity(rounds);
+        let mut reference_error = None;
+        for _ in 0..rounds {
+            let rate = ours(redis.url(), depth, per_round, clients, pad.clone()).await?;
+            mine.push(rate);
+            match redis_benchmark(redis.port(), depth, per_round, clients, &message).await {
+                Ok(reference) => {
+                    theirs.push(reference);
+                    ratios.push(rate / reference.max(1e-9));
+                }
+                Err(error) => reference_error = Some(error),
+            }
+        }
+        report.add(
+            &format!("depth {depth}: publisher"),
+            median(&mut mine),
+            Unit::PerSecond,
+        );
+        match reference_error {
+            None => {
                 report.add(
                     &format!("depth {depth}: redis-benchmark"),
-                    reference,
+                    median(&mut theirs),
                     Unit::PerSecond,
                 );
                 report.add_target(
                     &format!("depth {depth}: publisher / redis-benchmark"),
-                    rate / reference.max(1e-9),
+                    median(&mut ratios),
                     Unit::Ratio,
                     Target::AtLeast(0.6),
                 );
             }
-            Err(error) => {
+            Some(error) => {
                 report.unavailable(
                     &format!("depth {depth}: redis-benchmark"),
                     "unavailable",
@@ -87,6 +116,12 @@ pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
             }
         }
     }
+    if rounds > 1 {
+        report.note(format!(
+            "each figure is the median of {rounds} rounds, the two sides taking turns; the ratio \
+             is the median of the rounds' ratios"
+        ));
+    }
     report.note("no gateway subscribes: both sides publish to a topic nobody listens on");
     report.note(
         "no namespace keeps history here, so the publisher sends plain PUBLISH like \
@@ -94,6 +129,12 @@ pub(crate) async fn run(bench: &Bench, args: &PublishArgs) -> Result<Report> {
          pipeline, pool)",
     );
     Ok(report)
+}
+
+/// The middle value (the upper one of an even count); 0 for none.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The bus message the publisher writes for one event (docs/redis.md).
