@@ -193,16 +193,15 @@ impl Event {
         &self.recipients
     }
 
-    /// Each bus message this event becomes: one per channel.
-    fn messages(&self, topics: &Topics) -> Vec<Message> {
-        let timestamp = timestamp_now();
+    /// Each bus message this event becomes, published at `timestamp`: one per channel.
+    fn messages(&self, topics: &Topics, timestamp: &str) -> Vec<Message> {
         let message = |target: Target<'_>| {
             let envelope = Envelope::new(
                 target,
                 self.name.as_str(),
                 Some(&self.data),
                 self.exclude_client.as_deref(),
-                timestamp.as_str().into(),
+                timestamp.into(),
             );
             Message {
                 channel: None,
@@ -329,8 +328,10 @@ impl Publisher {
         events: &[Event],
     ) -> Result<Vec<Receipt>, PublishError> {
         let mut messages: Vec<(Option<&str>, Message)> = Vec::with_capacity(events.len());
+        // One batch is published at one moment: one timestamp for all its events.
+        let timestamp = timestamp_now();
         for event in events {
-            for message in event.messages(&self.topics) {
+            for message in event.messages(&self.topics, &timestamp) {
                 messages.push((event.idempotency_key.as_deref(), message));
             }
         }
@@ -501,7 +502,7 @@ mod tests {
     #[test]
     fn user_events_go_to_the_personal_channel() {
         let event = Event::to_user("42", "hello", &1).unwrap();
-        let messages = event.messages(&Topics::new("gw"));
+        let messages = event.messages(&Topics::new("gw"), &timestamp_now());
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0].topic, "gw:ch:#42");
         let envelope = Envelope::decode(&messages[0].payload).unwrap();
@@ -514,7 +515,7 @@ mod tests {
         let event = Event::to_channels(&["a", "b:c"], "e", &())
             .unwrap()
             .excluding("c1");
-        let messages = event.messages(&Topics::new("p"));
+        let messages = event.messages(&Topics::new("p"), &timestamp_now());
         let topics: Vec<_> = messages.iter().map(|m| m.topic.as_str()).collect();
         assert_eq!(topics, ["p:ch:a", "p:ch:b:c"]);
         let envelope = Envelope::decode(&messages[1].payload).unwrap();
