@@ -224,6 +224,8 @@ pub async fn run(
                 .map_err(|source| GatewayError::Tls { path: cert, source })?;
             let handle = axum_server::Handle::new();
             let server = axum_server::from_tcp_rustls(public.into_std()?, tls)?
+                // As on the plain listener: no Nagle delay behind an unacknowledged frame.
+                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle.clone())
                 .serve(public_router.into_make_service());
             let stop = until_stopped(stopped.clone());
