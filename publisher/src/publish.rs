@@ -9,6 +9,7 @@ use deadpool_redis::{Pool, Runtime};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
+use crate::args::TopicArg;
 use crate::shared::SharedConnection;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -83,13 +84,48 @@ pub struct Event {
     idempotency_key: Option<String>,
 }
 
-/// One bus message of an event, ready for Redis.
-struct Message {
-    channel: Option<ChannelName>,
-    topic: String,
-    payload: Vec<u8>,
+/// One bus message of an event, ready for Redis. Its topic and envelope are written into the
+/// Redis command when it is built, with no string or buffer of their own per message.
+struct Message<'e> {
+    event: &'e Event,
+    timestamp: &'e str,
+    destination: Destination<'e>,
     /// Published through the history script rather than with PUBLISH.
     scripted: bool,
+}
+
+/// Where one bus message goes.
+enum Destination<'e> {
+    Channel(ChannelName),
+    ClientType(&'e str),
+    Broadcast,
+}
+
+impl Message<'_> {
+    fn channel(&self) -> Option<&ChannelName> {
+        match &self.destination {
+            Destination::Channel(channel) => Some(channel),
+            _ => None,
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        match &self.destination {
+            Destination::Channel(channel) => Target::Channel(channel.as_str()),
+            Destination::ClientType(client_type) => Target::ClientType(client_type),
+            Destination::Broadcast => Target::Broadcast,
+        }
+    }
+
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope::new(
+            self.target(),
+            self.event.name.as_str(),
+            Some(&self.event.data),
+            self.event.exclude_client.as_deref(),
+            self.timestamp.into(),
+        )
+    }
 }
 
 impl Event {
@@ -194,37 +230,31 @@ impl Event {
     }
 
     /// Each bus message this event becomes, published at `timestamp`: one per channel.
-    fn messages(&self, topics: &Topics, timestamp: &str) -> Vec<Message> {
-        let message = |target: Target<'_>| {
-            let envelope = Envelope::new(
-                target,
-                self.name.as_str(),
-                Some(&self.data),
-                self.exclude_client.as_deref(),
-                timestamp.into(),
-            );
-            Message {
-                channel: None,
-                topic: topics.for_target(target),
-                payload: envelope.encode(),
-                scripted: false,
-            }
-        };
-        let on_channel = |channel: ChannelName| {
-            let mut on_channel = message(Target::Channel(channel.as_str()));
-            on_channel.channel = Some(channel);
-            on_channel.scripted = true;
-            on_channel
-        };
-        match &self.recipients {
-            Recipients::Channel(channel) => vec![on_channel(channel.clone())],
-            Recipients::Channels(channels) => channels.iter().cloned().map(on_channel).collect(),
-            Recipients::User(user) => vec![on_channel(ChannelName::personal(user))],
+    fn messages<'e>(&'e self, timestamp: &'e str) -> impl Iterator<Item = Message<'e>> + 'e {
+        let (single, channels) = match &self.recipients {
+            Recipients::Channel(channel) => (Some(Destination::Channel(channel.clone())), &[][..]),
+            Recipients::Channels(channels) => (None, channels.as_slice()),
+            Recipients::User(user) => (
+                Some(Destination::Channel(ChannelName::personal(user))),
+                &[][..],
+            ),
             Recipients::ClientType(client_type) => {
-                vec![message(Target::ClientType(client_type.as_str()))]
+                (Some(Destination::ClientType(client_type.as_str())), &[][..])
             }
-            Recipients::Broadcast => vec![message(Target::Broadcast)],
-        }
+            Recipients::Broadcast => (Some(Destination::Broadcast), &[][..]),
+        };
+        let channels = channels
+            .iter()
+            .map(|channel| Destination::Channel(channel.clone()));
+        single
+            .into_iter()
+            .chain(channels)
+            .map(move |destination| Message {
+                event: self,
+                timestamp,
+                scripted: matches!(destination, Destination::Channel(_)),
+                destination,
+            })
     }
 }
 
@@ -327,24 +357,21 @@ impl Publisher {
         connection: &mut MultiplexedConnection,
         events: &[Event],
     ) -> Result<Vec<Receipt>, PublishError> {
-        let mut messages: Vec<(Option<&str>, Message)> = Vec::with_capacity(events.len());
         // One batch is published at one moment: one timestamp for all its events.
         let timestamp = timestamp_now();
-        for event in events {
-            for message in event.messages(&self.topics, &timestamp) {
-                messages.push((event.idempotency_key.as_deref(), message));
-            }
-        }
+        let mut messages: Vec<Message<'_>> = events
+            .iter()
+            .flat_map(|event| event.messages(&timestamp))
+            .collect();
         let history = self.history_namespaces(connection).await;
-        for (key, message) in &mut messages {
+        for message in &mut messages {
             // The script is only needed where history or idempotency is; elsewhere, PUBLISH.
-            let plain = key.is_none()
+            let plain = message.event.idempotency_key.is_none()
                 && message
-                    .channel
-                    .as_ref()
+                    .channel()
                     .zip(history.as_ref())
                     .is_some_and(|(c, h)| !h.contains(c.namespace()));
-            message.scripted = message.channel.is_some() && !plain;
+            message.scripted = message.channel().is_some() && !plain;
         }
         let all: Vec<usize> = (0..messages.len()).collect();
         let mut replies = match self.run(connection, &messages, &all).await {
@@ -357,7 +384,7 @@ impl Publisher {
                 let scripted: Vec<usize> = all
                     .iter()
                     .copied()
-                    .filter(|i| messages[*i].1.scripted)
+                    .filter(|i| messages[*i].scripted)
                     .collect();
                 let again = self.run(connection, &messages, &scripted).await?;
                 let mut replies = vec![Value::Nil; messages.len()];
@@ -371,8 +398,12 @@ impl Publisher {
         messages
             .into_iter()
             .zip(replies.iter_mut())
-            .map(|((_, message), reply)| {
-                receipt(message.channel, message.scripted, std::mem::take(reply))
+            .map(|(message, reply)| {
+                let channel = match message.destination {
+                    Destination::Channel(channel) => Some(channel),
+                    _ => None,
+                };
+                receipt(channel, message.scripted, std::mem::take(reply))
             })
             .collect()
     }
@@ -414,21 +445,26 @@ impl Publisher {
     async fn run(
         &self,
         connection: &mut MultiplexedConnection,
-        messages: &[(Option<&str>, Message)],
+        messages: &[Message<'_>],
         indexes: &[usize],
     ) -> Result<Vec<Value>, redis::RedisError> {
-        let mut pipeline = redis::pipe();
+        let mut pipeline = redis::Pipeline::with_capacity(indexes.len() + 1);
         let load = !self.script_loaded.load(Ordering::Acquire);
         if load {
             pipeline.load_script(&self.script).ignore();
         }
         let window = IDEMPOTENCY_WINDOW.as_millis().to_string();
+        // Each envelope is encoded here and copied into its command: one buffer for all.
+        let mut payload = Vec::new();
         let invocations: Vec<redis::ScriptInvocation<'_>> = indexes
             .iter()
             .filter_map(|i| {
-                let (key, message) = &messages[*i];
-                let channel = message.channel.as_ref().filter(|_| message.scripted)?;
+                let message = &messages[*i];
+                let channel = message.channel().filter(|_| message.scripted)?;
+                let key = message.event.idempotency_key.as_deref();
                 let mut invocation = self.script.prepare_invoke();
+                payload.clear();
+                message.envelope().encode_into(&mut payload);
                 invocation
                     .key(self.topics.history_stream(channel.as_str()))
                     .key(self.topics.history_meta(channel.as_str()))
@@ -437,8 +473,8 @@ impl Publisher {
                         key.map(|k| self.topics.idempotency(channel.as_str(), k))
                             .unwrap_or_default(),
                     )
-                    .arg(&message.topic)
-                    .arg(&message.payload)
+                    .arg(TopicArg::new(&self.topics, message.target()))
+                    .arg(&payload[..])
                     .arg(channel.namespace())
                     .arg(&window)
                     .arg("");
@@ -447,7 +483,7 @@ impl Publisher {
             .collect();
         let mut scripted = invocations.iter();
         for index in indexes {
-            let message = &messages[*index].1;
+            let message = &messages[*index];
             let invocation = if message.scripted {
                 scripted.next()
             } else {
@@ -458,10 +494,15 @@ impl Publisher {
                     pipeline.invoke_script(invocation);
                 }
                 None => {
-                    pipeline
-                        .cmd("PUBLISH")
-                        .arg(&message.topic)
-                        .arg(&message.payload);
+                    // Sized once: this runs for every published message.
+                    const PUBLISH: &str = "PUBLISH";
+                    let topic = TopicArg::new(&self.topics, message.target());
+                    payload.clear();
+                    message.envelope().encode_into(&mut payload);
+                    let size = PUBLISH.len() + topic.len() + payload.len();
+                    let mut publish = redis::Cmd::with_capacity(3, size);
+                    publish.arg(PUBLISH).arg(topic).arg(&payload[..]);
+                    pipeline.add_command(publish);
                 }
             }
         }
@@ -502,10 +543,15 @@ mod tests {
     #[test]
     fn user_events_go_to_the_personal_channel() {
         let event = Event::to_user("42", "hello", &1).unwrap();
-        let messages = event.messages(&Topics::new("gw"), &timestamp_now());
+        let timestamp = timestamp_now();
+        let messages: Vec<_> = event.messages(&timestamp).collect();
         assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].topic, "gw:ch:#42");
-        let envelope = Envelope::decode(&messages[0].payload).unwrap();
+        assert_eq!(
+            Topics::new("gw").for_target(messages[0].target()),
+            "gw:ch:#42"
+        );
+        let payload = messages[0].envelope().encode();
+        let envelope = Envelope::decode(&payload).unwrap();
         assert_eq!(envelope.target().unwrap(), Target::Channel("#42"));
         assert_eq!(envelope.data.unwrap().get(), "1");
     }
@@ -515,10 +561,16 @@ mod tests {
         let event = Event::to_channels(&["a", "b:c"], "e", &())
             .unwrap()
             .excluding("c1");
-        let messages = event.messages(&Topics::new("p"), &timestamp_now());
-        let topics: Vec<_> = messages.iter().map(|m| m.topic.as_str()).collect();
+        let timestamp = timestamp_now();
+        let messages: Vec<_> = event.messages(&timestamp).collect();
+        let prefixed = Topics::new("p");
+        let topics: Vec<_> = messages
+            .iter()
+            .map(|m| prefixed.for_target(m.target()))
+            .collect();
         assert_eq!(topics, ["p:ch:a", "p:ch:b:c"]);
-        let envelope = Envelope::decode(&messages[1].payload).unwrap();
+        let payload = messages[1].envelope().encode();
+        let envelope = Envelope::decode(&payload).unwrap();
         assert_eq!(envelope.exclude_client.as_deref(), Some("c1"));
     }
 

@@ -323,12 +323,21 @@ impl<'a> Envelope<'a> {
 
     /// Encodes the message as the JSON that goes on the bus.
     pub fn encode(&self) -> Vec<u8> {
-        // Sized once: the fields are short and the data is most of the message.
-        let data = self.data.map_or(0, |d| d.get().len());
-        let mut out = Vec::with_capacity(160 + data);
-        // Serialising a struct of strings, numbers and raw JSON cannot fail.
-        let _ = serde_json::to_writer(&mut out, self);
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.encode_into(&mut out);
         out
+    }
+
+    /// Appends the encoded message to `out`, so that a buffer can serve many messages.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Serialising a struct of strings, numbers and raw JSON cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+
+    /// Bytes to reserve for the encoded message: the fields are short and the data is most
+    /// of it.
+    pub fn size_hint(&self) -> usize {
+        160 + self.data.map_or(0, |d| d.get().len())
     }
 
     /// The single target of this message.
@@ -363,18 +372,17 @@ impl Topics {
 
     /// The topic of a channel: `<prefix>:ch:<channel>`.
     pub fn channel(&self, channel: &str) -> String {
-        // `concat` sizes the string once; this runs for every published message.
-        [self.prefix.as_str(), ":ch:", channel].concat()
+        self.for_target(Target::Channel(channel))
     }
 
     /// The topic of a client type: `<prefix>:ct:<client_type>`.
     pub fn client_type(&self, client_type: &str) -> String {
-        [self.prefix.as_str(), ":ct:", client_type].concat()
+        self.for_target(Target::ClientType(client_type))
     }
 
     /// The topic every node listens on for broadcasts: `<prefix>:broadcast`.
     pub fn broadcast(&self) -> String {
-        format!("{}:broadcast", self.prefix)
+        self.for_target(Target::Broadcast)
     }
 
     /// The stream holding a channel's history: `<prefix>:{<channel>}:stream`.
@@ -400,10 +408,16 @@ impl Topics {
 
     /// The topic a message goes to.
     pub fn for_target(&self, target: Target<'_>) -> String {
+        // `concat` sizes the string once.
+        self.target_parts(target).concat()
+    }
+
+    /// The pieces of [`Topics::for_target`], for writers that need no `String` of it.
+    pub fn target_parts<'a>(&'a self, target: Target<'a>) -> [&'a str; 3] {
         match target {
-            Target::Channel(channel) => self.channel(channel),
-            Target::ClientType(client_type) => self.client_type(client_type),
-            Target::Broadcast => self.broadcast(),
+            Target::Channel(channel) => [&self.prefix, ":ch:", channel],
+            Target::ClientType(client_type) => [&self.prefix, ":ct:", client_type],
+            Target::Broadcast => [&self.prefix, ":broadcast", ""],
         }
     }
 }
