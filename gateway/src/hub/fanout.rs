@@ -235,10 +235,10 @@ impl Hub {
                 return self.start_catch_up(state, &name, vec![delivery]);
             }
             None => {
-                channel.delivered = Some(Position {
+                channel.delivered = Some(Box::new(Position {
                     offset,
                     epoch: epoch.to_owned(),
-                })
+                }))
             }
         }
         fan_out(channel, &delivery, metrics);
@@ -249,7 +249,7 @@ impl Hub {
         let Some(channel) = state.channels.get_mut(name) else {
             return;
         };
-        channel.catching_up = Some(held);
+        channel.catching_up = Some(Box::new(held));
         let hub = self.clone();
         let name = name.clone();
         tokio::spawn(async move { hub.catch_up(name).await });
@@ -259,7 +259,7 @@ impl Hub {
         let mut backoff = Duration::from_millis(100);
         loop {
             let since = match self.state().channels.get(&name) {
-                Some(channel) => channel.delivered.clone(),
+                Some(channel) => channel.delivered.as_deref().cloned(),
                 None => return,
             };
             let since = since.unwrap_or(Position {
@@ -300,7 +300,7 @@ impl Hub {
                 delivered.offset = offset;
             }
             delivered.epoch = page.top.epoch.clone();
-            channel.delivered = Some(delivered);
+            channel.delivered = Some(Box::new(delivered));
         } else {
             metrics.recoveries.with_label_values(&["node_reload"]).inc();
             tracing::info!(channel = %name, "history cannot fill the gap: clients must reload");
@@ -318,9 +318,9 @@ impl Hub {
                 }
                 push(&subscriber.outbox, &reload, metrics, client_id);
             }
-            channel.delivered = Some(page.top);
+            channel.delivered = Some(Box::new(page.top));
         }
-        for delivery in held {
+        for delivery in *held {
             self.deliver_to_channel(&mut state, name.as_str(), delivery);
         }
     }

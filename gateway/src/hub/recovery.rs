@@ -84,7 +84,7 @@ impl Hub {
             return;
         };
         if entry.delivered.is_none() && entry.catching_up.is_none() && recovery.top.is_some() {
-            entry.delivered = Some(top.clone());
+            entry.delivered = Some(Box::new(top.clone()));
         }
         let Some(subscriber) = entry.subscribers.get_mut(client_id) else {
             return;
@@ -104,7 +104,7 @@ impl Hub {
             }
         }
         subscriber.seen_through = subscriber.seen_through.max(top.offset);
-        for (offset, frame) in held {
+        for (offset, frame) in *held {
             give(subscriber, client_id, offset, &frame, metrics);
         }
         subscriber.outbox.release();
