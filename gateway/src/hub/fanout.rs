@@ -191,7 +191,7 @@ impl Hub {
             }
             Recipients::ClientType(name) => {
                 if let Some(members) = state.client_types.get(name.as_str()) {
-                    for (client_id, outbox) in members {
+                    for (client_id, outbox) in &members.outboxes {
                         if !delivery.excludes(client_id) {
                             push(outbox, &delivery.frame, metrics, client_id);
                         }

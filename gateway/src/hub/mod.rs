@@ -71,6 +71,27 @@ enum BusState {
     Failed(String),
 }
 
+/// Watches a bus subscription until the bus has answered it.
+type BusWatch = watch::Receiver<BusState>;
+
+/// Whether the bus refused or failed a subscription, which must then be asked for again.
+fn bus_failed(bus: &BusWatch) -> bool {
+    matches!(*bus.borrow(), BusState::Failed(_))
+}
+
+/// Waits until the bus has answered a subscription: `Err` if it refused or failed.
+async fn bus_answer(mut bus: BusWatch) -> Result<(), BrokerError> {
+    let state = bus
+        .wait_for(|s| *s != BusState::Pending)
+        .await
+        .map(|s| s.clone())
+        .unwrap_or(BusState::Failed("subscription dropped".into()));
+    match state {
+        BusState::Failed(reason) => Err(BrokerError::Unavailable(reason)),
+        _ => Ok(()),
+    }
+}
+
 /// One connection on one channel.
 /// Events held back for one subscriber, with their offsets.
 type Held = Vec<(Option<u64>, OutFrame)>;
@@ -109,11 +130,19 @@ struct Session {
     channels: HashSet<ChannelName>,
 }
 
+/// The local connections of one client type, and its bus subscription.
+struct ClientTypeMembers {
+    outboxes: HashMap<ClientId, Outbox>,
+    bus: BusWatch,
+}
+
 #[derive(Default)]
 struct State {
     sessions: HashMap<ClientId, Session>,
     channels: HashMap<ChannelName, Channel>,
-    client_types: HashMap<ClientType, HashMap<ClientId, Outbox>>,
+    client_types: HashMap<ClientType, ClientTypeMembers>,
+    /// The broadcast topic's subscription, held while this node has connections.
+    broadcast: Option<BusWatch>,
     users: HashMap<UserId, usize>,
     /// Subscriptions over all channels, kept as a count so gauges cost nothing to update.
     subscriptions: usize,
@@ -179,20 +208,23 @@ impl Hub {
         self.inner.policies.of(channel).is_some()
     }
 
-    /// Adds a connection and subscribes it to its user's personal channel; with `replay`, the
-    /// personal channel holds events back until [`Hub::finish_replay`].
+    /// Adds a connection and subscribes it to its user's personal channel, its client type
+    /// and broadcasts, waiting until the bus confirms them all; with `replay`, the personal
+    /// channel holds events back until [`Hub::finish_replay`].
     pub async fn connect(&self, connection: Connection, replay: bool) -> Result<(), HubError> {
         let personal = ChannelName::personal(&connection.user_id);
         let client_id = Arc::clone(&connection.client_id);
-        {
+        let (broadcast, client_type) = {
             let mut state = self.state();
-            if state.sessions.is_empty() {
-                // Broadcasts are needed from the first connection on.
-                drop(self.inner.broker.subscribe(self.inner.topics.broadcast()));
+            // Broadcasts are needed from the first connection on.
+            if state.broadcast.as_ref().is_none_or(bus_failed) {
+                let topic = self.inner.topics.broadcast();
+                state.broadcast = Some(self.subscribe_bus(topic, |_| {}));
             }
-            if let Some(client_type) = &connection.client_type {
-                self.join_client_type(&mut state, &client_id, client_type, &connection.outbox);
-            }
+            let broadcast = state.broadcast.clone();
+            let client_type = connection.client_type.as_ref().map(|client_type| {
+                self.join_client_type(&mut state, &client_id, client_type, &connection.outbox)
+            });
             *state.users.entry(connection.user_id.clone()).or_insert(0) += 1;
             state.sessions.insert(
                 Arc::clone(&client_id),
@@ -206,9 +238,13 @@ impl Hub {
                 },
             );
             self.update_gauges(&state);
-        }
+            (broadcast, client_type)
+        };
         self.subscribe(&client_id, &personal, usize::MAX, replay)
             .await?;
+        for bus in broadcast.into_iter().chain(client_type) {
+            bus_answer(bus).await?;
+        }
         Ok(())
     }
 
@@ -231,6 +267,7 @@ impl Hub {
             }
         }
         if state.sessions.is_empty() {
+            state.broadcast = None;
             self.inner.broker.unsubscribe(self.inner.topics.broadcast());
         }
         self.update_gauges(&state);
@@ -275,23 +312,11 @@ impl Hub {
                     entry.get().bus.clone()
                 }
                 Entry::Vacant(entry) => {
-                    let confirm = self
-                        .inner
-                        .broker
-                        .subscribe(self.inner.topics.channel(channel.as_str()));
-                    let (tx, rx) = watch::channel(BusState::Pending);
                     let hub = self.clone();
                     let name = channel.clone();
-                    tokio::spawn(async move {
-                        let state = match confirm.await {
-                            Ok(()) => BusState::Ready,
-                            Err(e) => BusState::Failed(e.to_string()),
-                        };
-                        let ready = state == BusState::Ready;
-                        let _ = tx.send(state);
-                        if ready {
-                            hub.bus_confirmed(&name, &tx);
-                        }
+                    let topic = self.inner.topics.channel(channel.as_str());
+                    let rx = self.subscribe_bus(topic, move |confirmed| {
+                        hub.bus_confirmed(&name, confirmed);
                     });
                     let channel = Channel {
                         subscribers: HashMap::from([(key, subscriber)]),
@@ -305,21 +330,37 @@ impl Hub {
             self.update_gauges(&state);
             bus
         };
-        let Some(mut bus) = bus else {
+        let Some(bus) = bus else {
             return Ok(true);
         };
-        let state = bus
-            .wait_for(|s| *s != BusState::Pending)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(BusState::Failed("subscription dropped".into()));
-        match state {
-            BusState::Failed(reason) => {
-                self.unsubscribe(client_id, channel);
-                Err(BrokerError::Unavailable(reason).into())
-            }
-            _ => Ok(true),
+        if let Err(error) = bus_answer(bus).await {
+            self.unsubscribe(client_id, channel);
+            return Err(error.into());
         }
+        Ok(true)
+    }
+
+    /// Subscribes the bus to `topic`; the watch turns `Ready` or `Failed` when the bus
+    /// answers, and `confirmed` runs once it is `Ready`.
+    fn subscribe_bus(
+        &self,
+        topic: String,
+        confirmed: impl FnOnce(&watch::Sender<BusState>) + Send + 'static,
+    ) -> BusWatch {
+        let confirm = self.inner.broker.subscribe(topic);
+        let (tx, rx) = watch::channel(BusState::Pending);
+        tokio::spawn(async move {
+            let state = match confirm.await {
+                Ok(()) => BusState::Ready,
+                Err(e) => BusState::Failed(e.to_string()),
+            };
+            let ready = state == BusState::Ready;
+            let _ = tx.send(state);
+            if ready {
+                confirmed(&tx);
+            }
+        });
+        rx
     }
 
     /// Forgets a channel's confirmation watch once the bus confirmed it, unless the channel was
@@ -357,14 +398,30 @@ impl Hub {
         }
     }
 
-    /// Sets a connection's client type, moving it between client-type topics.
-    pub fn set_client_type(&self, client_id: &str, client_type: ClientType) {
+    /// Sets a connection's client type, moving it between client-type topics, and waits until
+    /// the bus confirms the new one, so that its events reach the connection from then on.
+    pub async fn set_client_type(
+        &self,
+        client_id: &str,
+        client_type: ClientType,
+    ) -> Result<(), HubError> {
+        let bus = self.switch_client_type(client_id, client_type)?;
+        Ok(bus_answer(bus).await?)
+    }
+
+    fn switch_client_type(
+        &self,
+        client_id: &str,
+        client_type: ClientType,
+    ) -> Result<BusWatch, HubError> {
         let mut state = self.state();
         let Some((key, session)) = state.sessions.get_key_value(client_id) else {
-            return;
+            return Err(HubError::UnknownClient);
         };
-        if session.client_type.as_ref() == Some(&client_type) {
-            return;
+        if session.client_type.as_ref() == Some(&client_type)
+            && let Some(members) = state.client_types.get(&client_type)
+        {
+            return Ok(members.bus.clone());
         }
         let (key, outbox, previous) = (
             Arc::clone(key),
@@ -377,28 +434,42 @@ impl Hub {
         if let Some(previous) = previous {
             self.leave_client_type(&mut state, client_id, &previous);
         }
-        self.join_client_type(&mut state, &key, &client_type, &outbox);
+        Ok(self.join_client_type(&mut state, &key, &client_type, &outbox))
     }
 
+    /// Adds a connection to a client type's members; returns the watch of its bus
+    /// subscription, made when the type's first local member joins.
     fn join_client_type(
         &self,
         state: &mut State,
         client_id: &ClientId,
         client_type: &ClientType,
         outbox: &Outbox,
-    ) {
-        let members = state.client_types.entry(client_type.clone()).or_default();
-        if members.is_empty() {
+    ) -> BusWatch {
+        let subscribe = || {
             let topic = self.inner.topics.client_type(client_type.as_str());
-            drop(self.inner.broker.subscribe(topic));
+            self.subscribe_bus(topic, |_| {})
+        };
+        let members = state
+            .client_types
+            .entry(client_type.clone())
+            .or_insert_with(|| ClientTypeMembers {
+                outboxes: HashMap::new(),
+                bus: subscribe(),
+            });
+        if bus_failed(&members.bus) {
+            members.bus = subscribe();
         }
-        members.insert(Arc::clone(client_id), outbox.clone());
+        members
+            .outboxes
+            .insert(Arc::clone(client_id), outbox.clone());
+        members.bus.clone()
     }
 
     fn leave_client_type(&self, state: &mut State, client_id: &str, client_type: &ClientType) {
         if let Entry::Occupied(mut members) = state.client_types.entry(client_type.clone()) {
-            members.get_mut().remove(client_id);
-            if members.get().is_empty() {
+            members.get_mut().outboxes.remove(client_id);
+            if members.get().outboxes.is_empty() {
                 members.remove();
                 let topic = self.inner.topics.client_type(client_type.as_str());
                 self.inner.broker.unsubscribe(topic);

@@ -35,14 +35,25 @@ impl Session {
                 client_name,
             } => match ClientType::parse(&client_type) {
                 Ok(client_type) => {
-                    self.node.hub.set_client_type(&self.client_id, client_type);
                     let name = client_name.map(|n| n.chars().take(128).collect());
                     self.node.hub.set_client_name(&self.client_id, name);
-                    let client_id = Arc::clone(&self.client_id);
-                    let registered = ServerFrame::Registered {
-                        client_id: &client_id,
-                    };
-                    self.reply(id, registered);
+                    // `registered` promises the client type's events from then on.
+                    let joined = self.node.hub.set_client_type(&self.client_id, client_type);
+                    match joined.await {
+                        Ok(()) => {
+                            let client_id = Arc::clone(&self.client_id);
+                            let registered = ServerFrame::Registered {
+                                client_id: &client_id,
+                            };
+                            self.reply(id, registered);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "client type not confirmed by the bus");
+                            let message =
+                                format!("client type set, but the bus did not confirm it: {error}");
+                            self.reply_error(id, ErrorCode::Internal, &message);
+                        }
+                    }
                 }
                 Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
             },
