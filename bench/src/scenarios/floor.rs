@@ -7,8 +7,12 @@
 //! thread reads every socket with tokio, as a client would. Two patterns:
 //! - burst: one frame to every socket in turn, as one event to a hot channel's subscribers;
 //! - spread: frames to random sockets at a steady rate, as events to many small channels.
+//!
+//! A third pattern is the floor under a connect: a TCP connect and accept, then the bytes
+//! of a WebSocket handshake and one subscribe (request, 101 response, `connection_established`,
+//! `subscribe`, `subscribed`) written and read as plain bytes, one connection at a time.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +43,9 @@ pub(crate) struct FloorArgs {
     /// How long the spread pattern runs [default: 5s; smoke: 1s].
     #[arg(long)]
     duration: Option<humantime::Duration>,
+    /// Connections opened (and held) by the connect pattern [default: 5000; smoke: 100].
+    #[arg(long)]
+    connects: Option<usize>,
 }
 
 const LABEL: &str = "socket-floor";
@@ -61,6 +68,14 @@ pub(crate) async fn run(bench: &Bench, args: &FloorArgs) -> Result<Report> {
         tokio::task::spawn_blocking(move || measure(sockets, &frame, bursts, rate, duration))
             .await
             .context("the writer thread")??;
+    let connects = bench.pick(args.connects, 5_000, 100).max(1);
+    progress(
+        LABEL,
+        &format!("{connects} connects with handshake-sized exchanges"),
+    );
+    let connect = tokio::task::spawn_blocking(move || measure_connects(connects))
+        .await
+        .context("the connecting thread")??;
 
     let mut report = Report::new(
         LABEL,
@@ -101,7 +116,93 @@ pub(crate) async fn run(bench: &Bench, args: &FloorArgs) -> Result<Report> {
         figures.spread_reader_cpu_per_write * 1e6,
         Unit::Micros,
     );
+    report.param("connects", connects);
+    report.add(
+        "connect: client side CPU per connect",
+        connect.client * 1e6,
+        Unit::Micros,
+    );
+    report.add(
+        "connect: server side CPU per connect",
+        connect.server * 1e6,
+        Unit::Micros,
+    );
+    report.add(
+        "connect: most connects/s two cores allow",
+        2.0 / (connect.client + connect.server).max(1e-12),
+        Unit::PerSecond,
+    );
     Ok(report)
+}
+
+/// Bytes of each step of a WebSocket connect with one subscribe, as the idle scenario's
+/// clients and the gateway exchange them (a token in the URL; a group channel).
+const HANDSHAKE: [(Side, usize); 5] = [
+    (Side::Client, 420), // GET /ws?token=… with its headers
+    (Side::Server, 130), // 101 Switching Protocols
+    (Side::Server, 190), // connection_established
+    (Side::Client, 60),  // subscribe (masked)
+    (Side::Server, 100), // subscribed
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// What one connect costs each side, in CPU seconds.
+struct ConnectFigures {
+    client: f64,
+    server: f64,
+}
+
+/// Opens `connects` loopback connections one at a time, each exchanging [`HANDSHAKE`]'s bytes
+/// between a client thread and a server thread, and holds them all until the end.
+fn measure_connects(connects: usize) -> Result<ConnectFigures> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
+    let address = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> Result<(f64, Vec<TcpStream>)> {
+        let cpu = thread_cpu()?;
+        let mut held = Vec::with_capacity(connects);
+        for _ in 0..connects {
+            let (mut socket, _) = listener.accept().context("accepting")?;
+            socket.set_nodelay(true)?;
+            exchange(&mut socket, Side::Server)?;
+            held.push(socket);
+        }
+        Ok((thread_cpu()? - cpu, held))
+    });
+    let cpu = thread_cpu()?;
+    let mut held = Vec::with_capacity(connects);
+    for _ in 0..connects {
+        let mut socket = TcpStream::connect(address).context("connecting")?;
+        socket.set_nodelay(true)?;
+        exchange(&mut socket, Side::Client)?;
+        held.push(socket);
+    }
+    let client = thread_cpu()? - cpu;
+    let (server, accepted) = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("the accepting thread panicked"))??;
+    drop((held, accepted));
+    Ok(ConnectFigures {
+        client: client / connects as f64,
+        server: server / connects as f64,
+    })
+}
+
+/// Plays `side`'s part of [`HANDSHAKE`] on a blocking socket.
+fn exchange(socket: &mut TcpStream, side: Side) -> Result<()> {
+    let mut buffer = [0u8; 512];
+    for (writer, bytes) in HANDSHAKE {
+        if writer == side {
+            socket.write_all(&buffer[..bytes]).context("writing")?;
+        } else {
+            socket.read_exact(&mut buffer[..bytes]).context("reading")?;
+        }
+    }
+    Ok(())
 }
 
 /// What the two patterns measured, in seconds.
