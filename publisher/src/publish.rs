@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Pool;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
@@ -294,15 +294,8 @@ impl Publisher {
             // rediss:// needs a TLS provider; keep the process's own if it installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let pool = deadpool_redis::Config::from_url(url)
-            .builder()
-            .map_err(|e| PublishError::Config(e.to_string()))?
-            .max_size(8)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| PublishError::Config(e.to_string()))?;
+        let pool =
+            crate::shared::pool(url, 8, Duration::from_secs(5)).map_err(PublishError::Config)?;
         Ok(Self::from_pool(pool))
     }
 

@@ -7,10 +7,34 @@
 //! connection-level failure.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use deadpool_redis::{Pool, PoolError};
-use redis::RedisError;
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError};
+
+/// A pool of connections to the Redis at `url`, at most `max_size`, where connecting, waiting
+/// for a connection and each command may take up to `timeout`.
+///
+/// The redis crate fails a command after 500 ms by default. A process busy with other work (a
+/// gateway taking thousands of reconnects at once) may read a reply later than that though
+/// Redis answered at once; the failure then looks like a broken connection and drops it, with
+/// every command on it. The caller's own bound is the one to apply.
+pub fn pool(url: &str, max_size: usize, timeout: Duration) -> Result<Pool, String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    let manager =
+        Manager::new_with_config(url, config).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(timeout))
+        .wait_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| format!("Redis pool: {e}"))
+}
 
 /// A pool's connection, shared until it fails; cheap to clone.
 #[derive(Clone)]

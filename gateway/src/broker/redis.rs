@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::Runtime;
 use futures_util::StreamExt;
 use prometheus::IntCounter;
 use publisher::SharedConnection;
@@ -85,16 +84,9 @@ impl RedisBroker {
     ) -> Result<Self, BrokerError> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
-        let pool = deadpool_redis::Config::from_url(settings.url.clone())
-            .builder()
-            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?
-            .max_size(settings.publish_pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(COMMAND_TIMEOUT))
-            .wait_timeout(Some(COMMAND_TIMEOUT))
-            .recycle_timeout(Some(COMMAND_TIMEOUT))
-            .build()
-            .map_err(|e| BrokerError::Unavailable(format!("Redis pool: {e}")))?;
+        let pool =
+            publisher::shared::pool(&settings.url, settings.publish_pool_size, COMMAND_TIMEOUT)
+                .map_err(BrokerError::Unavailable)?;
         let shard_count = settings.subscription_connections.max(1);
         let (status_tx, status) = watch::channel(false);
         let health = Arc::new(Health {
