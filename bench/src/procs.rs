@@ -81,7 +81,8 @@ pub(crate) fn raise_fd_limit() -> Result<u64> {
     Ok(hard)
 }
 
-/// A scratch directory for logs and config files, removed on drop.
+/// A scratch directory for logs and config files, removed on drop unless `BENCH_KEEP_LOGS` is
+/// set (then its path is printed, to read the gateways' and Redis's logs after a run).
 #[derive(Debug)]
 pub(crate) struct TempDir(PathBuf);
 
@@ -102,6 +103,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+            eprintln!("[bench] kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

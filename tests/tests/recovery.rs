@@ -177,6 +177,33 @@ async fn publishing_at_full_speed_during_the_replay_leaves_no_gap_and_no_duplica
 }
 
 #[tokio::test]
+async fn many_clients_recovering_one_channel_at_once_each_get_every_event_once() {
+    let redis = TestRedis::start().await;
+    let gws = replicas(&redis, 2).await;
+    publish_many(&gws[1], "jobs", 30).await;
+    let (_, history) = gws[0].get_admin("/api/history/jobs?since=30&limit=1").await;
+    let epoch = history["position"]["epoch"].clone();
+    let total: u64 = 1500;
+    // Events keep coming while the clients subscribe, read history and go live.
+    let publisher = publish_in_background(&gws[1], "jobs", (total - 30) as usize);
+    let recovering = (0..24).map(|i| {
+        let gw = &gws[0];
+        let epoch = epoch.clone();
+        async move {
+            let mut client = gw.connect_as(&format!("u{i}")).await;
+            // Several clients share each position, as a group coming back after a failover.
+            let since = 10 * (i % 3) + 10_u64;
+            let reply = subscribe_since(&mut client, "jobs", &position(since, &epoch)).await;
+            assert_eq!(reply["recovered"]["jobs"], true, "{reply}");
+            let seen = offsets_until(&mut client, "jobs", total).await;
+            assert_consecutive(&seen, since + 1, total);
+        }
+    });
+    join_all(recovering).await;
+    publisher.await.unwrap();
+}
+
+#[tokio::test]
 async fn clients_of_a_killed_replica_reconnect_elsewhere_and_lose_or_repeat_nothing() {
     let redis = TestRedis::start().await;
     let mut gws = replicas(&redis, 2).await;

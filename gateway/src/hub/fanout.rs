@@ -127,7 +127,7 @@ pub(super) fn give(
     metrics: &Metrics,
 ) {
     if let Some(held) = &mut subscriber.replay {
-        held.push((offset, frame.clone()));
+        held.events.push((offset, frame.clone()));
         return;
     }
     if let Some(offset) = offset {
@@ -314,7 +314,7 @@ impl Hub {
             for (client_id, subscriber) in channel.subscribers.iter_mut() {
                 subscriber.seen_through = page.top.offset;
                 if let Some(pending) = &mut subscriber.replay {
-                    pending.retain(|(offset, _)| offset.is_none());
+                    pending.events.retain(|(offset, _)| offset.is_none());
                 }
                 push(&subscriber.outbox, &reload, metrics, client_id);
             }

@@ -93,8 +93,13 @@ async fn bus_answer(mut bus: BusWatch) -> Result<(), BrokerError> {
 }
 
 /// One connection on one channel.
-/// Events held back for one subscriber, with their offsets.
-type Held = Vec<(Option<u64>, OutFrame)>;
+/// Events held back for one subscriber while it recovers, with their offsets.
+struct Held {
+    /// The hub's tick when the holding began: a history read issued after it sees every
+    /// event this subscriber is not holding (see [`recovery`]).
+    since: u64,
+    events: Vec<(Option<u64>, OutFrame)>,
+}
 
 struct Subscriber {
     outbox: Outbox,
@@ -159,6 +164,10 @@ struct Inner {
     state: Mutex<State>,
     session_count: watch::Sender<usize>,
     malformed: AtomicU64,
+    /// Orders the start of subscribers' holding against the issuing of history reads.
+    ticks: AtomicU64,
+    /// History reads on their way, which subscribers of the same channel may share.
+    reads: Mutex<recovery::Reads>,
 }
 
 /// The hub; cheap to clone.
@@ -187,6 +196,8 @@ impl Hub {
                 state: Mutex::new(State::default()),
                 session_count,
                 malformed: AtomicU64::new(0),
+                ticks: AtomicU64::new(0),
+                reads: Mutex::default(),
             }),
         }
     }
@@ -299,7 +310,12 @@ impl Hub {
             let key = Arc::clone(key);
             let subscriber = Subscriber {
                 outbox: session.outbox.clone(),
-                replay: replay.then(Box::default),
+                replay: replay.then(|| {
+                    Box::new(Held {
+                        since: self.tick(),
+                        events: Vec::new(),
+                    })
+                }),
                 seen_through: 0,
             };
             if let Some(session) = state.sessions.get_mut(client_id) {

@@ -1,7 +1,18 @@
 //! Recovery of one subscriber: the events it missed, read from history, before it goes live.
+//!
+//! A subscriber holds the channel's live events from the moment it is added; a history read
+//! issued after that moment sees every event it is not holding. Subscribers of one channel
+//! recovering from the same offset therefore share a read that was issued after each of them
+//! began holding: a storm of reconnects to one channel costs a read per position, not one per
+//! client.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use publisher::wire::{ChannelName, Position};
 use serde_json::value::RawValue;
 
@@ -20,13 +31,105 @@ pub struct Recovery {
     pub recovered: Option<bool>,
 }
 
+/// A history read on its way, and when it was issued.
+#[derive(Clone)]
+pub(super) struct SharedRead {
+    issued: u64,
+    page: Shared<BoxFuture<'static, Result<Arc<Page>, String>>>,
+}
+
+/// History reads on their way, by channel and the offset they read after.
+pub(super) type Reads = HashMap<(ChannelName, Option<u64>), SharedRead>;
+
+/// Forgets a read once its issuer has it (or gave up on it), unless a newer one replaced it.
+struct Issued<'a> {
+    hub: &'a Hub,
+    key: (ChannelName, Option<u64>),
+    issued: u64,
+}
+
+impl Drop for Issued<'_> {
+    fn drop(&mut self) {
+        let mut reads = self.hub.reads();
+        if reads
+            .get(&self.key)
+            .is_some_and(|r| r.issued == self.issued)
+        {
+            reads.remove(&self.key);
+        }
+    }
+}
+
 impl Hub {
-    /// Reads what a subscriber at `since` missed; without `since`, just the position.
-    pub async fn recover(&self, channel: &ChannelName, since: Option<&Position>) -> Recovery {
+    /// The next tick of the order between holding and history reads.
+    pub(super) fn tick(&self) -> u64 {
+        self.inner.ticks.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn reads(&self) -> MutexGuard<'_, Reads> {
+        self.inner
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads `channel`'s history after `since` for `client_id`, sharing a read of the same
+    /// position that was issued after the client began holding events.
+    async fn read_history(
+        &self,
+        client_id: &str,
+        channel: &ChannelName,
+        since: Option<u64>,
+    ) -> Result<Arc<Page>, String> {
+        let holding_since = self
+            .state()
+            .channels
+            .get(channel)
+            .and_then(|c| c.subscribers.get(client_id))
+            .and_then(|s| s.replay.as_ref())
+            .map(|held| held.since);
+        let key = (channel.clone(), since);
+        let (page, _issued) = {
+            let mut reads = self.reads();
+            match (reads.get(&key), holding_since) {
+                (Some(read), Some(holding)) if read.issued > holding => (read.page.clone(), None),
+                _ => {
+                    let issued = self.tick();
+                    let history = Arc::clone(&self.inner.history);
+                    let name = channel.clone();
+                    let page = async move {
+                        let page = history.read(&name, since).await;
+                        page.map(Arc::new).map_err(|error| error.to_string())
+                    }
+                    .boxed()
+                    .shared();
+                    let read = SharedRead {
+                        issued,
+                        page: page.clone(),
+                    };
+                    reads.insert(key.clone(), read);
+                    let issued = Issued {
+                        hub: self,
+                        key,
+                        issued,
+                    };
+                    (page, Some(issued))
+                }
+            }
+        };
+        page.await
+    }
+
+    /// Reads what `client_id`, subscribed to `channel` and holding its events, missed since
+    /// `since`; without `since`, just the position.
+    pub async fn recover(
+        &self,
+        client_id: &str,
+        channel: &ChannelName,
+        since: Option<&Position>,
+    ) -> Recovery {
         let page = match self
-            .inner
-            .history
-            .read(channel, since.map(|p| p.offset))
+            .read_history(client_id, channel, since.map(|p| p.offset))
             .await
         {
             Ok(page) => page,
@@ -40,7 +143,7 @@ impl Hub {
         };
         let Some(since) = since else {
             return Recovery {
-                top: Some(page.top),
+                top: Some(page.top.clone()),
                 ..Recovery::default()
             };
         };
@@ -49,7 +152,7 @@ impl Hub {
         let recovered = continues && replayed.len() == page.events.len();
         Recovery {
             replayed: if recovered { replayed } else { Vec::new() },
-            top: Some(page.top),
+            top: Some(page.top.clone()),
             recovered: Some(recovered),
         }
     }
@@ -89,7 +192,11 @@ impl Hub {
         let Some(subscriber) = entry.subscribers.get_mut(client_id) else {
             return;
         };
-        let held = subscriber.replay.take().unwrap_or_default();
+        let held = subscriber
+            .replay
+            .take()
+            .map(|held| held.events)
+            .unwrap_or_default();
         // The replay goes out in few writes rather than one per event.
         subscriber.outbox.hold();
         for delivery in &recovery.replayed {
@@ -104,7 +211,7 @@ impl Hub {
             }
         }
         subscriber.seen_through = subscriber.seen_through.max(top.offset);
-        for (offset, frame) in *held {
+        for (offset, frame) in held {
             give(subscriber, client_id, offset, &frame, metrics);
         }
         subscriber.outbox.release();

@@ -138,7 +138,7 @@ impl Session {
         let mut recoveries = Vec::new();
         for channel in with_history {
             let position = since.get(channel.as_str());
-            let recovery = hub.recover(&channel, position).await;
+            let recovery = hub.recover(&self.client_id, &channel, position).await;
             if let Some(result) = recovery.recovered {
                 recovered.insert(channel.to_string(), result);
                 self.count_recovery(result);

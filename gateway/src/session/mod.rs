@@ -118,7 +118,9 @@ async fn open(
         return None;
     }
     let recovery = if history {
-        node.hub.recover(&personal, since.as_ref()).await
+        node.hub
+            .recover(&client_id, &personal, since.as_ref())
+            .await
     } else {
         Recovery::default()
     };
