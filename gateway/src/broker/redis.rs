@@ -58,12 +58,17 @@ struct Health {
 
 impl Health {
     fn set_connected(&self, connected: bool) {
-        let now = if connected {
-            self.connected.fetch_add(1, Ordering::AcqRel) + 1
-        } else {
-            self.connected.fetch_sub(1, Ordering::AcqRel) - 1
-        };
-        self.status.send_replace(now == self.shards);
+        // Counted and published under the watch's lock: two shards connecting at once on two
+        // threads could otherwise publish their counts in the wrong order and leave the bus
+        // down with every shard connected.
+        self.status.send_modify(|up| {
+            let now = if connected {
+                self.connected.fetch_add(1, Ordering::AcqRel) + 1
+            } else {
+                self.connected.fetch_sub(1, Ordering::AcqRel) - 1
+            };
+            *up = now == self.shards;
+        });
     }
 }
 
