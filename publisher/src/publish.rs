@@ -117,6 +117,12 @@ impl Message<'_> {
         }
     }
 
+    /// Encodes the message's envelope into `buffer`, replacing what it held.
+    fn encode_into(&self, buffer: &mut Vec<u8>) {
+        buffer.clear();
+        self.envelope().encode_into(buffer);
+    }
+
     fn envelope(&self) -> Envelope<'_> {
         Envelope::new(
             self.target(),
@@ -456,8 +462,7 @@ impl Publisher {
                 let channel = message.channel().filter(|_| message.scripted)?;
                 let key = message.event.idempotency_key.as_deref();
                 let mut invocation = self.script.prepare_invoke();
-                payload.clear();
-                message.envelope().encode_into(&mut payload);
+                message.encode_into(&mut payload);
                 invocation
                     .key(self.topics.history_stream(channel.as_str()))
                     .key(self.topics.history_meta(channel.as_str()))
@@ -490,8 +495,7 @@ impl Publisher {
                     // Sized once: this runs for every published message.
                     const PUBLISH: &str = "PUBLISH";
                     let topic = TopicArg::new(&self.topics, message.target());
-                    payload.clear();
-                    message.envelope().encode_into(&mut payload);
+                    message.encode_into(&mut payload);
                     let size = PUBLISH.len() + topic.len() + payload.len();
                     let mut publish = redis::Cmd::with_capacity(3, size);
                     publish.arg(PUBLISH).arg(topic).arg(&payload[..]);

@@ -336,7 +336,7 @@ impl<'a> Envelope<'a> {
 
     /// Bytes to reserve for the encoded message: the fields are short and the data is most
     /// of it.
-    pub fn size_hint(&self) -> usize {
+    fn size_hint(&self) -> usize {
         160 + self.data.map_or(0, |d| d.get().len())
     }
 

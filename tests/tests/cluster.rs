@@ -209,6 +209,51 @@ async fn redis_restart_turns_readyz_red_then_green_and_delivery_resumes() {
 }
 
 #[tokio::test]
+async fn register_during_a_bus_outage_is_refused_and_works_once_redis_is_back() {
+    let mut redis = TestRedis::start().await;
+    let gws = replicas(&redis, 2).await;
+    let mut client = gws[0].connect_as("7").await;
+    redis.kill().await;
+    eventually(Duration::from_secs(15), "the bus is down", || async {
+        readyz(&gws[0]).await == Some(StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    let refused = client
+        .request(json!({"type": "register", "client_type": "gui"}))
+        .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "internal", "{refused}");
+    redis.restart().await;
+    for gw in &gws {
+        eventually(Duration::from_secs(15), "readyz is 200 again", || async {
+            readyz(gw).await == Some(StatusCode::OK)
+        })
+        .await;
+    }
+    // The cluster view answers again once the node's command connection is back too.
+    eventually(
+        Duration::from_secs(15),
+        "the cluster view answers",
+        || async { gws[0].get_admin("/api/clients").await.0 == StatusCode::OK },
+    )
+    .await;
+    let (_, clients) = gws[0].get_admin("/api/clients?client_type=gui").await;
+    assert_eq!(
+        clients["clients"].as_array().map(Vec::len),
+        Some(0),
+        "a refused register leaves no client type: {clients}"
+    );
+    let registered = client
+        .request(json!({"type": "register", "client_type": "gui"}))
+        .await;
+    assert_eq!(registered["type"], "registered", "{registered}");
+    gws[1]
+        .publish_ok(json!({"client_type": "gui", "event": "update", "data": 2}))
+        .await;
+    assert_eq!(client.recv_type("update").await["data"], 2);
+}
+
+#[tokio::test]
 async fn killed_pubsub_connections_are_restored_without_clients_noticing() {
     let redis = TestRedis::start().await;
     let gws = replicas(&redis, 2).await;

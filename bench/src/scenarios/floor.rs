@@ -4,7 +4,7 @@
 //! also pays for the receiving side's TCP processing and for waking the reader.
 //!
 //! One thread writes with plain blocking `write(2)` calls on `TCP_NODELAY` sockets; another
-//! thread reads every socket with tokio, as a client would. Two patterns:
+//! thread reads every socket with tokio, as a client would. Two patterns of writes:
 //! - burst: one frame to every socket in turn, as one event to a hot channel's subscribers;
 //! - spread: frames to random sockets at a steady rate, as events to many small channels.
 //!
@@ -79,7 +79,10 @@ pub(crate) async fn run(bench: &Bench, args: &FloorArgs) -> Result<Report> {
 
     let mut report = Report::new(
         LABEL,
-        format!("{sockets} loopback TCP sockets, plain write(2) of one frame, no gateway"),
+        format!(
+            "{sockets} loopback TCP sockets, plain write(2) of one frame; {connects} plain \
+             connects; no gateway"
+        ),
         bench.smoke,
     );
     report.param("sockets", sockets);

@@ -92,7 +92,6 @@ async fn bus_answer(mut bus: BusWatch) -> Result<(), BrokerError> {
     }
 }
 
-/// One connection on one channel.
 /// Events held back for one subscriber while it recovers, with their offsets.
 struct Held {
     /// The hub's tick when the holding began: a history read issued after it sees every
@@ -101,6 +100,7 @@ struct Held {
     events: Vec<(Option<u64>, OutFrame)>,
 }
 
+/// One connection on one channel.
 struct Subscriber {
     outbox: Outbox,
     /// Events held back while this subscriber's recovery reads history. Boxed: 8 bytes
@@ -114,7 +114,7 @@ struct Channel {
     subscribers: HashMap<ClientId, Subscriber>,
     /// How the bus subscription stands while it is being confirmed; `None` once confirmed,
     /// so that a channel that is set up costs no watch channel.
-    bus: Option<watch::Receiver<BusState>>,
+    bus: Option<BusWatch>,
     /// History channels: the last offset this node delivered, and its epoch (boxed: most
     /// channels keep no history).
     delivered: Option<Box<Position>>,
@@ -416,13 +416,25 @@ impl Hub {
 
     /// Sets a connection's client type, moving it between client-type topics, and waits until
     /// the bus confirms the new one, so that its events reach the connection from then on.
+    /// Where the bus refuses, the connection is left without a client type, as a refused
+    /// subscription leaves it off the channel.
     pub async fn set_client_type(
         &self,
         client_id: &str,
         client_type: ClientType,
     ) -> Result<(), HubError> {
-        let bus = self.switch_client_type(client_id, client_type)?;
-        Ok(bus_answer(bus).await?)
+        let bus = self.switch_client_type(client_id, client_type.clone())?;
+        if let Err(error) = bus_answer(bus).await {
+            let mut state = self.state();
+            if let Some(session) = state.sessions.get_mut(client_id)
+                && session.client_type.as_ref() == Some(&client_type)
+            {
+                session.client_type = None;
+                self.leave_client_type(&mut state, client_id, &client_type);
+            }
+            return Err(error.into());
+        }
+        Ok(())
     }
 
     fn switch_client_type(

@@ -32,10 +32,9 @@ pub struct Recovery {
 }
 
 /// A history read on its way, and when it was issued.
-#[derive(Clone)]
 pub(super) struct SharedRead {
     issued: u64,
-    page: Shared<BoxFuture<'static, Result<Arc<Page>, String>>>,
+    page: Shared<BoxFuture<'static, Result<Arc<Page>, Arc<HistoryError>>>>,
 }
 
 /// History reads on their way, by channel and the offset they read after.
@@ -80,7 +79,7 @@ impl Hub {
         client_id: &str,
         channel: &ChannelName,
         since: Option<u64>,
-    ) -> Result<Arc<Page>, String> {
+    ) -> Result<Arc<Page>, Arc<HistoryError>> {
         let holding_since = self
             .state()
             .channels
@@ -99,7 +98,7 @@ impl Hub {
                     let name = channel.clone();
                     let page = async move {
                         let page = history.read(&name, since).await;
-                        page.map(Arc::new).map_err(|error| error.to_string())
+                        page.map(Arc::new).map_err(Arc::new)
                     }
                     .boxed()
                     .shared();

@@ -49,8 +49,7 @@ impl Session {
                         }
                         Err(error) => {
                             tracing::warn!(%error, "client type not confirmed by the bus");
-                            let message =
-                                format!("client type set, but the bus did not confirm it: {error}");
+                            let message = format!("client type not set: {error}");
                             self.reply_error(id, ErrorCode::Internal, &message);
                         }
                     }
