@@ -1,0 +1,54 @@
+-- Publishes one event on a channel, keeping history where the channel's namespace does, in one
+-- atomic step: offset = previous + 1, stored in the channel's stream, then PUBLISHed.
+--
+-- KEYS[1] history stream  <prefix>:{<channel>}:stream  (entry id 0-<offset>, field m = message)
+-- KEYS[2] history meta    <prefix>:{<channel>}:meta    (hash: offset, epoch)
+-- KEYS[3] namespaces      <prefix>:namespaces          (hash: namespace -> "<size> <ttl_ms>",
+--                                                       written by every gateway at start)
+-- KEYS[4] idempotency     <prefix>:{<channel>}:idem:<key>, or "" for none
+-- ARGV[1] topic           <prefix>:ch:<channel>
+-- ARGV[2] message         the bus message as a JSON object, without offset and epoch
+-- ARGV[3] namespace       the channel's namespace (default, personal, or the part before ':')
+-- ARGV[4] window          how long an idempotency key is remembered, in milliseconds
+-- ARGV[5] policy          optional "<size> <ttl_ms>": the namespace's policy, when the caller
+--                         knows it (gateways do); otherwise it is read from KEYS[3]
+--
+-- Returns {offset, epoch, duplicate}: offset 0 and epoch "" where no history is kept;
+-- duplicate 1 when the idempotency key was seen, and then nothing is published.
+if KEYS[4] ~= '' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local offset, epoch = string.match(seen, '^(%d+) (.*)$')
+    return {tonumber(offset), epoch, 1}
+  end
+end
+local size, ttl = 0, 0
+local policy = ARGV[5]
+if not policy or policy == '' then
+  policy = redis.call('HGET', KEYS[3], ARGV[3])
+end
+if policy then
+  local s, t = string.match(policy, '^(%d+) (%d+)$')
+  size, ttl = tonumber(s) or 0, tonumber(t) or 0
+end
+local message, offset, epoch = ARGV[2], 0, ''
+if size > 0 then
+  epoch = redis.call('HGET', KEYS[2], 'epoch')
+  if not epoch then
+    local now = redis.call('TIME')
+    epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+    redis.call('HSET', KEYS[2], 'epoch', epoch)
+  end
+  offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+  message = string.sub(message, 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. offset, 'm', message)
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
+redis.call('PUBLISH', ARGV[1], message)
+if KEYS[4] ~= '' then
+  redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'PX', tonumber(ARGV[4]))
+end
+return {offset, epoch, 0}
