@@ -21,3 +21,4 @@ fi
 cargo test --workspace --all-targets --locked "$@"
 cargo test --workspace --doc --locked
 ./scripts/validate-deploy.sh
+./clients/python/scripts/ci.sh
