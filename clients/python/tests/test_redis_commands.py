@@ -318,3 +318,27 @@ async def test_async_publisher_over_an_existing_client_leaves_it_open(
         assert await publisher.broadcast("e", None) == Receipt(None)
     assert await client.ping()
     await client.aclose()
+
+
+def test_a_refused_script_load_is_the_reported_cause(
+    kind: str, bare_redis: RedisServer, redis_client: redis.Redis
+) -> None:
+    redis_client.hset("gw:namespaces", mapping=POLICIES)
+    redis_client.acl_setuser(
+        "noload",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-script|load"],
+        reset=True,
+    )
+    publisher = make_publisher(kind, f"redis://noload:pw@127.0.0.1:{bare_redis.port}")
+    try:
+        assert publisher.publish_client_type("gui", "e", 1) == Receipt(None)
+        with pytest.raises(PublishFailed, match="load the script") as failed:
+            publisher.publish_channel("jobs", "e", 1)
+        assert isinstance(failed.value.__cause__, redis.exceptions.NoPermissionError)
+    finally:
+        publisher.close()
+        redis_client.acl_deluser("noload")

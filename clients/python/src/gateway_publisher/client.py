@@ -67,6 +67,8 @@ class _State:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.script_loaded = False
+        #: Why Redis refused the last `SCRIPT LOAD`, if it did.
+        self.load_error: Exception | None = None
         self._lock = threading.Lock()
         self._history: frozenset[str] = frozenset()
         self._read_at: float | None = None
@@ -110,8 +112,10 @@ class _State:
         """The replies of the messages, once the `SCRIPT LOAD` one is set apart."""
         if not load:
             return replies
-        if not isinstance(replies[0], Exception):
-            self.script_loaded = True
+        if isinstance(replies[0], Exception):
+            self.load_error = replies[0]
+        else:
+            self.script_loaded, self.load_error = True, None
         return replies[1:]
 
     def lost_script(self, replies: Sequence[Any]) -> list[int]:
@@ -121,14 +125,16 @@ class _State:
             self.script_loaded = False
         return lost
 
-    @staticmethod
-    def receipts(batch: list[list[Message]], replies: Sequence[Any]) -> list[list[Receipt]]:
+    def receipts(self, batch: list[list[Message]], replies: Sequence[Any]) -> list[list[Receipt]]:
         answers = iter(replies)
         results = []
         for messages in batch:
             receipts = []
             for message in messages:
                 reply = next(answers)
+                if isinstance(reply, NoScriptError) and self.load_error is not None:
+                    error = self.load_error
+                    raise PublishFailed(f"Redis refused to load the script: {error}") from error
                 if isinstance(reply, Exception):
                     where = message.channel if message.channel is not None else message.command[1]
                     raise PublishFailed(f"Redis refused the publish to {where}: {reply}") from reply
@@ -166,7 +172,8 @@ class Publisher:
         """A publisher for the Redis at `url` (`redis://`, `rediss://`, `unix://`) under the
         gateways' `GATEWAY_REDIS_PREFIX`. `options` go to `redis.Redis.from_url`; by default
         connecting and each reply may take 5 s, and nothing is retried."""
-        client = redis.Redis.from_url(url, **_client_options(options, Retry(NoBackoff(), 0)))
+        # Typed as Any here and below: redis-py's annotations differ between its versions.
+        client: Any = redis.Redis.from_url(url, **_client_options(options, Retry(NoBackoff(), 0)))
         publisher = cls(client, prefix=prefix)
         publisher._owns_client = True
         return publisher
@@ -280,14 +287,13 @@ class Publisher:
     def _read_history(self) -> frozenset[str] | None:
         # If Redis will not say, every channel event goes through the script: always correct.
         try:
-            policies = self._redis.hgetall(self._state.namespaces_key)
+            policies: Any = self._redis.hgetall(self._state.namespaces_key)
         except RedisError:
             return None
         return self._state.remember_history(policies)
 
     def _run(self, messages: Sequence[Message], indexes: Iterable[int]) -> list[Any]:
         load, commands = self._state.pipeline(messages, indexes)
-        # Typed as Any: redis-py's pipeline typing differs between its versions.
         pipeline: Any = self._redis.pipeline(transaction=False)
         for command in commands:
             pipeline.execute_command(*command)
@@ -430,14 +436,14 @@ class AsyncPublisher:
 
     async def _read_history(self) -> frozenset[str] | None:
         try:
-            policies = await self._redis.hgetall(self._state.namespaces_key)
+            reply: Any = self._redis.hgetall(self._state.namespaces_key)
+            policies = await reply
         except RedisError:
             return None
         return self._state.remember_history(policies)
 
     async def _run(self, messages: Sequence[Message], indexes: Iterable[int]) -> list[Any]:
         load, commands = self._state.pipeline(messages, indexes)
-        # Typed as Any: redis-py's pipeline typing differs between its versions.
         pipeline: Any = self._redis.pipeline(transaction=False)
         for command in commands:
             pipeline.execute_command(*command)
