@@ -20,6 +20,7 @@ from gateway_publisher import (
     InvalidIdempotencyKey,
     InvalidTarget,
     InvalidUser,
+    Publish,
     Publisher,
     PublishFailed,
     Receipt,
@@ -118,7 +119,7 @@ def test_script_and_namespaces_are_reused_by_later_publishes(
     monitor = watch()
 
     first = publisher.publish_channel("jobs", "e", 1)
-    second = publisher.publish_channel("jobs", "e", 2)
+    [[second]] = publisher.publish_batch([Publish.to_channel("jobs", "e", 2)])
 
     monitor.wait_for(4)
     assert [command[0] for command in monitor.sent()] == [
@@ -251,6 +252,7 @@ def test_a_redis_error_raises_publish_failed_with_its_cause(
 def test_unreachable_redis_raises_publish_failed(kind: str) -> None:
     publisher = make_publisher(kind, f"redis://127.0.0.1:{free_port()}")
     try:
+        assert publisher.publish_batch([]) == []  # nothing to send: Redis is not asked
         with pytest.raises(PublishFailed) as failed:
             publisher.publish_channel("jobs", "e", 1)
         assert isinstance(failed.value.__cause__, redis.ConnectionError)
