@@ -3,16 +3,16 @@
 //! normally, with an error, on a panic or on Ctrl-C.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testkit::{RedisServer, TempDir};
 use tokio::process::{Child, Command};
 
 use crate::measure;
@@ -22,7 +22,7 @@ pub(crate) const JWT_SECRET: &str = "bench-secret-only-for-loopback-benchmarks-0
 /// The admin API key of the gateways the bench starts.
 pub(crate) const API_KEY: &str = "bench-api-key-0123456789";
 
-/// How long a gateway or Redis may take to come up.
+/// How long a gateway may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Process ids of every child still running.
@@ -81,40 +81,19 @@ pub(crate) fn raise_fd_limit() -> Result<u64> {
     Ok(hard)
 }
 
-/// A scratch directory for logs and config files, removed on drop unless `BENCH_KEEP_LOGS` is
-/// set (then its path is printed, to read the gateways' and Redis's logs after a run).
-#[derive(Debug)]
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(label: &str) -> Result<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("bench-{label}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
+/// Whether `BENCH_KEEP_LOGS` is set: then the scratch directories of the gateways and Redis
+/// are kept (their paths printed), to read their logs after a run.
+fn keep_logs() -> bool {
+    std::env::var_os("BENCH_KEEP_LOGS").is_some()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
-            eprintln!("[bench] kept {}", self.0.display());
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
+/// A scratch directory for a process's logs and config files.
+fn scratch(label: &str) -> Result<TempDir> {
+    let mut dir = TempDir::create(&format!("bench-{label}"))?;
+    if keep_logs() {
+        dir.keep();
     }
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; the caller retries if it is taken since).
-pub(crate) fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    Ok(dir)
 }
 
 /// A child process that is registered for cleanup and killed when dropped.
@@ -146,11 +125,6 @@ impl Owned {
         &mut self.child
     }
 
-    /// Whether the process has exited.
-    pub(crate) fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
-    }
-
     /// SIGKILL, then waits for it to go.
     pub(crate) async fn kill(&mut self) -> Result<()> {
         self.child.kill().await.context("killing a child")?;
@@ -177,54 +151,39 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// A `redis-server` without persistence on a free loopback port.
+/// testkit's `redis-server` with room for every client of a scenario, registered for cleanup
+/// like every other child.
 #[derive(Debug)]
 pub(crate) struct Redis {
-    process: Owned,
-    port: u16,
-    _dir: TempDir,
+    server: RedisServer,
+    pid: u32,
 }
 
 impl Redis {
-    /// Starts it and waits until it answers `PING`.
+    /// Starts it and waits until it answers.
     pub(crate) async fn start() -> Result<Self> {
-        let dir = TempDir::new("redis")?;
-        let port = free_port()?;
-        let log = dir.path().join("redis.log");
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let process = Owned::spawn(&mut command, "redis-server (install redis-server)")?;
-        let mut redis = Self {
-            process,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while measure::redis_cpu_seconds(&redis.url()).await.is_err() {
-            if redis.process.exited() || Instant::now() > deadline {
-                bail!("redis-server did not start on port {port}:\n{}", tail(&log));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut server = RedisServer::start_with(&["--maxclients", "10000"]).await?;
+        if keep_logs() {
+            server.keep_log();
         }
-        Ok(redis)
+        let pid = server.pid().context("redis-server exited at once")?;
+        register(pid);
+        Ok(Self { server, pid })
     }
 
     /// `redis://127.0.0.1:<port>`.
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     pub(crate) fn port(&self) -> u16 {
-        self.port
+        self.server.port()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        unregister(self.pid);
     }
 }
 
@@ -275,12 +234,11 @@ pub(crate) struct Gateway {
 impl Gateway {
     /// Starts `binary` as described by `spec` and waits until it is ready.
     pub(crate) async fn start(binary: &Path, spec: &GatewaySpec) -> Result<Self> {
-        let dir = TempDir::new(&spec.name)?;
+        let dir = scratch(&spec.name)?;
         let log = dir.path().join("gateway.log");
         let mut last_error = None;
         for _attempt in 0..3 {
-            let public: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let [public, admin] = testkit::free_addrs()?;
             let (stdout, stderr) = log_file(&log)?;
             let mut command = Command::new(binary);
             command
@@ -392,12 +350,13 @@ pub(crate) fn gateway_binary(explicit: Option<&Path>, no_build: bool) -> Result<
         }
         return Ok(path.to_path_buf());
     }
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let profile_dir = exe.parent().context("this executable has no directory")?;
+    let profile_dir = if no_build {
+        testkit::profile_dir().context("finding this executable's directory")?
+    } else {
+        eprintln!("building the gateway (cargo build -p gateway -p publisher --bins) …");
+        testkit::build_binaries().context("pass --gateway-bin, or --no-build")?
+    };
     let binary = profile_dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    if !no_build {
-        build_gateway(profile_dir)?;
-    }
     if !binary.is_file() {
         bail!(
             "{} does not exist: run `cargo build --release -p gateway -p publisher`, \
@@ -406,40 +365,4 @@ pub(crate) fn gateway_binary(explicit: Option<&Path>, no_build: bool) -> Result<
         );
     }
     Ok(binary)
-}
-
-fn build_gateway(profile_dir: &Path) -> Result<()> {
-    let target_dir = profile_dir
-        .parent()
-        .context("this executable is not in <target>/<profile>")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => bail!("no profile in {}", profile_dir.display()),
-    };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the bench crate is not in a workspace")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building the gateway (cargo build -p gateway --profile {profile}) …");
-    let status = std::process::Command::new(&cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "gateway",
-            "--bins",
-            "--profile",
-            profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("cannot run {cargo:?}; pass --gateway-bin or --no-build"))?;
-    if !status.success() {
-        bail!("`cargo build -p gateway --profile {profile}` failed ({status})");
-    }
-    Ok(())
 }

@@ -2,9 +2,8 @@
 //! built with this test's profile: each must exit 0 and print its figures. The figures
 //! themselves are never asserted; they depend on the machine and what else runs on it.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Longest one smoke run may take.
@@ -13,43 +12,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The scenarios share two cores: run them one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The gateway binary, built once with this test's profile into its target directory.
-fn gateway() -> &'static Path {
-    static GATEWAY: OnceLock<PathBuf> = OnceLock::new();
-    GATEWAY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // <target>/<profile>/deps/smoke-…
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => panic!("no profile in {}", profile_dir.display()),
-        };
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the bench crate is in the workspace");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let output = Command::new(cargo)
-            .current_dir(workspace)
-            .args(["build", "-p", "gateway", "-p", "publisher", "--bins"])
-            .args(["--profile", profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .output()
-            .expect("running cargo build");
-        assert!(
-            output.status.success(),
-            "cargo build -p gateway failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        profile_dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX))
-    })
-}
-
 /// Runs `bench <args> --smoke` and returns its stdout; panics with its output if it fails.
 fn smoke(args: &[&str]) -> String {
-    let gateway = gateway();
+    let gateway = testkit::binary("gateway");
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
@@ -57,7 +22,7 @@ fn smoke(args: &[&str]) -> String {
         .arg("--smoke")
         .arg("--no-build")
         .arg("--gateway-bin")
-        .arg(gateway)
+        .arg(&gateway)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

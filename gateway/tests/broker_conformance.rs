@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e::TestRedis;
 use gateway::broker::{Broker, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings};
 use prometheus::IntCounter;
+use testkit::RedisServer;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -48,7 +48,7 @@ impl Bus for Memory {
     }
 }
 
-struct Redis(TestRedis);
+struct Redis(RedisServer);
 
 impl Bus for Redis {
     async fn node(&self) -> Node {
@@ -186,7 +186,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(super::Redis(e2e::TestRedis::start().await)).await;
+                    super::$test(super::Redis(testkit::RedisServer::start().await)).await;
                 }
             )*
         }

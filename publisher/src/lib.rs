@@ -1,7 +1,7 @@
 //! Emit events to the gateway's bus from worker services and APIs.
 //!
 //! ```
-//! # publisher::doctest::with_redis(|url| async move {
+//! # testkit::with_redis(|url| async move {
 //! use publisher::{Event, Publisher};
 //!
 //! let publisher = Publisher::connect(&url)?;
@@ -18,9 +18,6 @@ mod args;
 mod publish;
 pub mod shared;
 pub mod wire;
-
-#[doc(hidden)]
-pub mod doctest;
 
 pub use publish::{Event, PublishError, Publisher, Receipt, Recipients};
 pub use shared::SharedConnection;

@@ -267,7 +267,7 @@ impl Event {
 /// Publishes events to the gateways' Redis bus. Cheap to clone; share one per process.
 ///
 /// ```
-/// # publisher::doctest::with_redis(|url| async move {
+/// # testkit::with_redis(|url| async move {
 /// use publisher::{Event, Publisher};
 ///
 /// let publisher = Publisher::connect(&url)?;
@@ -332,7 +332,7 @@ impl Publisher {
     /// events' messages in order.
     ///
     /// ```
-    /// # publisher::doctest::with_redis(|url| async move {
+    /// # testkit::with_redis(|url| async move {
     /// use publisher::{Event, Publisher};
     /// let publisher = Publisher::connect(&url)?;
     /// let events = (0..100)

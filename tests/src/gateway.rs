@@ -2,17 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::TempDir;
 use tokio::process::{Child, Command};
 
 use crate::client::{HandshakeFailure, TestClient};
-use crate::temp::TempDir;
 use crate::token::{TEST_API_KEY, TEST_JWT_SECRET, token};
 
 /// How long a gateway may take to answer 200 on `/readyz` once started.
@@ -146,7 +146,7 @@ impl TestGateway {
     ///
     /// The first call in a test process builds the gateway binary with cargo.
     pub async fn spawn(config: GatewayConfig) -> Self {
-        let binary = crate::binaries::binary("gateway");
+        let binary = testkit::binary("gateway");
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -155,7 +155,7 @@ impl TestGateway {
         let log_path = config.dir.path().join("gateway.log");
         let mut attempt = 1;
         loop {
-            let (public, admin) = free_ports();
+            let [public, admin] = testkit::free_addrs().unwrap_or_else(|e| panic!("{e}"));
             let mut child = start(&binary, &config, public, admin, &log_path);
             let Some(pid) = child.id() else {
                 panic!("gateway exited immediately\n{}", tail(&log_path, "gateway"))
@@ -459,19 +459,6 @@ fn start(
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
 }
 
-/// Two distinct free ports on 127.0.0.1 (free when we looked; a clash is retried by `spawn`).
-fn free_ports() -> (SocketAddr, SocketAddr) {
-    let bind = || {
-        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind a free port: {e}"))
-    };
-    let (a, b) = (bind(), bind());
-    let addr = |l: &TcpListener| {
-        l.local_addr()
-            .unwrap_or_else(|e| panic!("no local address: {e}"))
-    };
-    (addr(&a), addr(&b))
-}
-
 /// A process's log file as text (empty if unreadable).
 pub(crate) fn read_log(path: &Path) -> String {
     std::fs::read(path)
@@ -491,12 +478,4 @@ pub(crate) fn tail(path: &Path, what: &str) -> String {
         path.display(),
         lines[start..].join("\n")
     )
-}
-
-/// A free port on loopback (bound, then released for the caller to use).
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("cannot bind a free port: {e}"))
-        .port()
 }

@@ -10,29 +10,26 @@
 //!   [`KeyPair`]s made with `openssl`.
 //! - `checks`: assertions on the shapes the contract promises (event and error frames, HTTP
 //!   errors, timestamps, metrics).
-//! - `temp`: [`TempDir`], scratch directories kept when a test fails.
-//! - `redis`: [`TestRedis`], a real `redis-server` on a free port that a test can kill and
-//!   restart; `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
-//! - `binaries`: [`binary`], the workspace's binaries built with the test's profile.
+//! - `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
 //! - `prometheus`: [`TestPrometheus`], a real Prometheus scraping test gateways, and
 //!   [`promtool`].
+//! - from the `testkit` crate, shared with the gateway's tests, the doc examples and the
+//!   benchmarks: [`TempDir`] (scratch directories kept when a test fails), [`free_port`],
+//!   [`TestRedis`] (a real `redis-server` on a free port that a test can kill and restart) and
+//!   [`binary`] (the workspace's binaries built with the test's profile).
 //!
 //! Every test starts its own gateway; they run in parallel. The gateway binary is built once
 //! per test process with the test's own cargo profile (or taken from `$E2E_GATEWAY_BIN`);
 //! `$E2E_GATEWAY_LOG` overrides the gateway's log filter.
 
-mod binaries;
 mod checks;
 mod client;
 mod gateway;
 mod prometheus;
 mod proxy;
-mod redis;
-mod temp;
 mod token;
 mod wss;
 
-pub use binaries::binary;
 pub use checks::{
     assert_error, assert_event, assert_http_error, assert_recent_rfc3339, assert_refused,
     eventually, metric_value, parse_rfc3339, subscribe_outcome,
@@ -44,9 +41,8 @@ pub use client::{
 pub use gateway::{GatewayConfig, TestGateway};
 pub use prometheus::{TestPrometheus, promtool, samples_of};
 pub use proxy::StallProxy;
-pub use redis::TestRedis;
 pub use reqwest::StatusCode;
-pub use temp::TempDir;
+pub use testkit::{RedisServer as TestRedis, TempDir, binary, free_port};
 pub use token::{
     KeyPair, TEST_API_KEY, TEST_JWT_SECRET, TokenBuilder, base64url, jwks, now_unix, token,
 };

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use testkit::{TempDir, free_port};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::gateway::{free_port, read_log, tail};
-use crate::temp::TempDir;
+use crate::gateway::{read_log, tail};
 
 /// How long Prometheus may take to answer 200 on `/-/ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -7,8 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value, json};
-
-use crate::temp::TempDir;
+use testkit::TempDir;
 
 /// The HMAC secret every [`GatewayConfig`](crate::GatewayConfig) starts with.
 pub const TEST_JWT_SECRET: &str = "e2e-test-secret-do-not-use-anywhere-else-0123456789";

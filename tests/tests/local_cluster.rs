@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use e2e::{TempDir, TestClient, Wss, assert_event, brief, connect_wss, tls_config, wss_recv};
+use e2e::{
+    TempDir, TestClient, Wss, assert_event, brief, connect_wss, free_port, tls_config, wss_recv,
+};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -23,13 +25,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 fn port_is_free(port: u16) -> bool {
