@@ -8,7 +8,7 @@ use crate::protocol::ErrorCode;
 
 /// Why access to a channel was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
+pub(crate) struct Denied {
     /// The code for the client.
     pub code: ErrorCode,
     /// A message for the client's developer.
@@ -16,7 +16,7 @@ pub struct Denied {
 }
 
 /// What a connection is allowed by its token.
-pub struct Grant<'a> {
+pub(crate) struct Grant<'a> {
     /// The authenticated user.
     pub user_id: &'a UserId,
     /// Channel patterns from the token's `channels` claim.
@@ -27,7 +27,7 @@ pub struct Grant<'a> {
 ///
 /// A user-limited channel (`name#42,43`, and personal channels `#42`) admits exactly the users
 /// it lists, whatever its namespace says; any other channel follows its namespace's policy.
-pub fn may_subscribe(
+pub(crate) fn may_subscribe(
     namespaces: &Namespaces,
     grant: &Grant<'_>,
     channel: &ChannelName,
@@ -60,7 +60,7 @@ pub fn may_subscribe(
 
 /// Checks that the connection may publish on `channel`: its namespace allows client
 /// publishing and the connection may subscribe to it.
-pub fn may_publish(
+pub(crate) fn may_publish(
     namespaces: &Namespaces,
     grant: &Grant<'_>,
     channel: &ChannelName,

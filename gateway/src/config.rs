@@ -2,7 +2,7 @@
 //! documented defaults, validated once at startup.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -322,6 +322,11 @@ pub struct Config {
     pub namespaces: Namespaces,
 }
 
+/// The public listener's default address.
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+/// The admin listener's default address.
+const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
+
 impl Config {
     /// Merges flags and environment over the TOML file over defaults, and validates the result.
     pub fn load(args: Args) -> Result<Self, ConfigError> {
@@ -330,116 +335,68 @@ impl Config {
             None => FileConfig::default(),
         };
         let config = Self {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
-            admin_listen: args
-                .admin_listen
-                .or(file.admin_listen)
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9090))),
-            redis_url: args.redis_url.or(file.redis_url).filter(|u| !u.is_empty()),
+            listen: pick(args.listen, file.listen, DEFAULT_LISTEN),
+            admin_listen: pick(args.admin_listen, file.admin_listen, DEFAULT_ADMIN_LISTEN),
+            redis_url: args
+                .redis_url
+                .clone()
+                .or(file.redis_url.clone())
+                .filter(|u| !u.is_empty()),
             redis_prefix: args
                 .redis_prefix
-                .or(file.redis_prefix)
+                .clone()
+                .or(file.redis_prefix.clone())
                 .unwrap_or_else(|| "gw".into()),
-            redis_subscription_connections: args
-                .redis_subscription_connections
-                .or(file.redis_subscription_connections)
-                .unwrap_or(2),
+            redis_subscription_connections: pick(
+                args.redis_subscription_connections,
+                file.redis_subscription_connections,
+                2,
+            ),
             redis_pool_size: args.redis_pool_size.or(file.redis_pool_size).unwrap_or(8),
             node_id: args
                 .node_id
-                .or(file.node_id)
+                .clone()
+                .or(file.node_id.clone())
                 .filter(|id| !id.is_empty())
                 .unwrap_or_else(default_node_id),
-            auth: AuthSettings {
-                jwt_secret: args.jwt_secret,
-                jwt_public_key_file: args.jwt_public_key_file.or(file.jwt_public_key_file),
-                jwks_file: args.jwks_file.or(file.jwks_file),
-                audience: args.jwt_audience.or(file.jwt_audience),
-                issuer: args.jwt_issuer.or(file.jwt_issuer),
-                leeway: args
-                    .jwt_leeway
-                    .or(file.jwt_leeway)
-                    .unwrap_or(Duration::from_secs(5)),
-            },
-            api_key: args.api_key,
-            allowed_origins: args
-                .allowed_origins
-                .or(file.allowed_origins)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|o| o.trim().trim_end_matches('/').to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
-            limits: Limits {
-                max_message_bytes: args
-                    .max_message_bytes
-                    .or(file.max_message_bytes)
-                    .unwrap_or(512 * 1024),
-                outbox_max_bytes: args
-                    .outbox_max_bytes
-                    .or(file.outbox_max_bytes)
-                    .unwrap_or(1024 * 1024),
-                max_channels_per_connection: args
-                    .max_channels_per_connection
-                    .or(file.max_channels_per_connection)
-                    .unwrap_or(128),
-                rate_limit_per_second: args
-                    .rate_limit_per_second
-                    .or(file.rate_limit_per_second)
-                    .unwrap_or(100),
-                rate_limit_burst: args
-                    .rate_limit_burst
-                    .or(file.rate_limit_burst)
-                    .unwrap_or(200),
-            },
-            heartbeat_interval: args
-                .heartbeat_interval
-                .or(file.heartbeat_interval)
-                .unwrap_or(Duration::from_secs(25)),
-            idle_timeout: args
-                .idle_timeout
-                .or(file.idle_timeout)
-                .unwrap_or(Duration::from_secs(60)),
-            drain_timeout: args
-                .drain_timeout
-                .or(file.drain_timeout)
-                .unwrap_or(Duration::from_secs(20)),
-            drain_reconnect_max: args
-                .drain_reconnect_max
-                .or(file.drain_reconnect_max)
-                .unwrap_or(Duration::from_secs(5)),
-            tls: match (
-                args.tls_cert.or(file.tls_cert),
-                args.tls_key.or(file.tls_key),
-            ) {
-                (Some(cert), Some(key)) => Some((cert, key)),
-                (None, None) => None,
-                _ => {
-                    return Err(ConfigError::Invalid(
-                        "set both GATEWAY_TLS_CERT and GATEWAY_TLS_KEY, or neither".into(),
-                    ));
-                }
-            },
-            node_lease: args
-                .node_lease
-                .or(file.node_lease)
-                .unwrap_or(Duration::from_secs(10)),
-            max_connections_per_user: args
-                .max_connections_per_user
-                .or(file.max_connections_per_user)
-                .unwrap_or(0),
-            idempotency_window: args
-                .idempotency_window
-                .or(file.idempotency_window)
-                .unwrap_or(Duration::from_secs(300)),
-            log_format: args
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Text),
-            namespaces: Namespaces::with_builtins(file.namespaces),
+            auth: auth_settings(&args, &file),
+            api_key: args.api_key.clone(),
+            allowed_origins: allowed_origins(&args, &file),
+            limits: Limits::merge(&args, &file),
+            heartbeat_interval: pick(
+                args.heartbeat_interval,
+                file.heartbeat_interval,
+                Duration::from_secs(25),
+            ),
+            idle_timeout: pick(
+                args.idle_timeout,
+                file.idle_timeout,
+                Duration::from_secs(60),
+            ),
+            drain_timeout: pick(
+                args.drain_timeout,
+                file.drain_timeout,
+                Duration::from_secs(20),
+            ),
+            drain_reconnect_max: pick(
+                args.drain_reconnect_max,
+                file.drain_reconnect_max,
+                Duration::from_secs(5),
+            ),
+            tls: tls_files(&args, &file)?,
+            node_lease: pick(args.node_lease, file.node_lease, Duration::from_secs(10)),
+            max_connections_per_user: pick(
+                args.max_connections_per_user,
+                file.max_connections_per_user,
+                0,
+            ),
+            idempotency_window: pick(
+                args.idempotency_window,
+                file.idempotency_window,
+                Duration::from_secs(300),
+            ),
+            log_format: pick(args.log_format, file.log_format, LogFormat::Text),
+            namespaces: Namespaces::with_builtins(file.namespaces.clone()),
         };
         config.validate()?;
         Ok(config)
@@ -454,7 +411,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        self.validate_redis()?;
+        self.validate_keys()?;
+        self.limits.validate()?;
+        self.validate_timings()?;
+        self.namespaces.validate()
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -463,59 +427,51 @@ impl Config {
             ));
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces".into());
+            return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces");
         }
         if !(1..=64).contains(&self.redis_subscription_connections) {
-            return invalid("GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS must be 1 to 64".into());
+            return invalid("GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS must be 1 to 64");
         }
         if !(1..=1024).contains(&self.redis_pool_size) {
-            return invalid("GATEWAY_REDIS_POOL_SIZE must be 1 to 1024".into());
+            return invalid("GATEWAY_REDIS_POOL_SIZE must be 1 to 1024");
         }
+        Ok(())
+    }
+
+    /// Keys: none at all (development mode), or both a token key and an API key.
+    fn validate_keys(&self) -> Result<(), ConfigError> {
         if self.auth.jwt_secret.as_deref() == Some("") {
-            return invalid("GATEWAY_JWT_SECRET is set but empty".into());
+            return invalid("GATEWAY_JWT_SECRET is set but empty");
         }
         if self.api_key.as_deref() == Some("") {
-            return invalid("GATEWAY_API_KEY is set but empty".into());
+            return invalid("GATEWAY_API_KEY is set but empty");
         }
-        if !self.is_development() {
-            let has_jwt_key = self.auth.jwt_secret.is_some()
-                || self.auth.jwt_public_key_file.is_some()
-                || self.auth.jwks_file.is_some();
-            if !has_jwt_key {
-                return invalid(
-                    "GATEWAY_API_KEY is set but no token key: set GATEWAY_JWT_SECRET, \
-                     GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE"
-                        .into(),
-                );
-            }
-            if self.api_key.is_none() {
-                return invalid(
-                    "a token key is set but GATEWAY_API_KEY is not: the admin API needs a key"
-                        .into(),
-                );
-            }
+        if self.is_development() {
+            return Ok(());
         }
-        let limits = &self.limits;
-        if limits.max_message_bytes < 1024 {
-            return invalid("GATEWAY_MAX_MESSAGE_BYTES must be at least 1024".into());
-        }
-        if limits.outbox_max_bytes < 16 * 1024 {
-            return invalid("GATEWAY_OUTBOX_MAX_BYTES must be at least 16384".into());
-        }
-        if limits.max_channels_per_connection == 0 {
-            return invalid("GATEWAY_MAX_CHANNELS_PER_CONNECTION must be at least 1".into());
-        }
-        if limits.rate_limit_per_second == 0 || limits.rate_limit_burst == 0 {
+        let has_jwt_key = self.auth.jwt_secret.is_some()
+            || self.auth.jwt_public_key_file.is_some()
+            || self.auth.jwks_file.is_some();
+        if !has_jwt_key {
             return invalid(
-                "GATEWAY_RATE_LIMIT_PER_SECOND and GATEWAY_RATE_LIMIT_BURST must be at least 1"
-                    .into(),
+                "GATEWAY_API_KEY is set but no token key: set GATEWAY_JWT_SECRET, \
+                 GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE",
             );
         }
+        if self.api_key.is_none() {
+            return invalid(
+                "a token key is set but GATEWAY_API_KEY is not: the admin API needs a key",
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_timings(&self) -> Result<(), ConfigError> {
         if self.node_lease < Duration::from_secs(1) {
-            return invalid("GATEWAY_NODE_LEASE must be at least 1s".into());
+            return invalid("GATEWAY_NODE_LEASE must be at least 1s");
         }
         if self.heartbeat_interval < Duration::from_secs(1) {
-            return invalid("GATEWAY_HEARTBEAT_INTERVAL must be at least 1s".into());
+            return invalid("GATEWAY_HEARTBEAT_INTERVAL must be at least 1s");
         }
         if self.idle_timeout <= self.heartbeat_interval {
             return invalid(format!(
@@ -524,7 +480,13 @@ impl Config {
                 humantime::format_duration(self.heartbeat_interval)
             ));
         }
-        for (name, namespace) in &self.namespaces.0 {
+        Ok(())
+    }
+}
+
+impl Namespaces {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, namespace) in &self.0 {
             let valid_name = !name.is_empty()
                 && name
                     .bytes()
@@ -552,6 +514,106 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Limits {
+    /// The limits from flags and environment over the file over the defaults.
+    fn merge(args: &Args, file: &FileConfig) -> Self {
+        Self {
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(512 * 1024),
+            outbox_max_bytes: args
+                .outbox_max_bytes
+                .or(file.outbox_max_bytes)
+                .unwrap_or(1024 * 1024),
+            max_channels_per_connection: args
+                .max_channels_per_connection
+                .or(file.max_channels_per_connection)
+                .unwrap_or(128),
+            rate_limit_per_second: args
+                .rate_limit_per_second
+                .or(file.rate_limit_per_second)
+                .unwrap_or(100),
+            rate_limit_burst: args
+                .rate_limit_burst
+                .or(file.rate_limit_burst)
+                .unwrap_or(200),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 1024 {
+            return invalid("GATEWAY_MAX_MESSAGE_BYTES must be at least 1024");
+        }
+        if self.outbox_max_bytes < 16 * 1024 {
+            return invalid("GATEWAY_OUTBOX_MAX_BYTES must be at least 16384");
+        }
+        if self.max_channels_per_connection == 0 {
+            return invalid("GATEWAY_MAX_CHANNELS_PER_CONNECTION must be at least 1");
+        }
+        if self.rate_limit_per_second == 0 || self.rate_limit_burst == 0 {
+            return invalid(
+                "GATEWAY_RATE_LIMIT_PER_SECOND and GATEWAY_RATE_LIMIT_BURST must be at least 1",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Token verification settings from flags and environment over the file (the secret only
+/// from flags and environment).
+fn auth_settings(args: &Args, file: &FileConfig) -> AuthSettings {
+    AuthSettings {
+        jwt_secret: args.jwt_secret.clone(),
+        jwt_public_key_file: args
+            .jwt_public_key_file
+            .clone()
+            .or(file.jwt_public_key_file.clone()),
+        jwks_file: args.jwks_file.clone().or(file.jwks_file.clone()),
+        audience: args.jwt_audience.clone().or(file.jwt_audience.clone()),
+        issuer: args.jwt_issuer.clone().or(file.jwt_issuer.clone()),
+        leeway: args
+            .jwt_leeway
+            .or(file.jwt_leeway)
+            .unwrap_or(Duration::from_secs(5)),
+    }
+}
+
+/// The allowed browser origins, without trailing slashes.
+fn allowed_origins(args: &Args, file: &FileConfig) -> Vec<String> {
+    let origins = args
+        .allowed_origins
+        .as_ref()
+        .or(file.allowed_origins.as_ref());
+    origins
+        .into_iter()
+        .flatten()
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
+/// The TLS certificate and key files: both or neither.
+fn tls_files(args: &Args, file: &FileConfig) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+    let key = args.tls_key.clone().or(file.tls_key.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        _ => invalid("set both GATEWAY_TLS_CERT and GATEWAY_TLS_KEY, or neither"),
+    }
+}
+
+/// The flag or variable, else the file's value, else the default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+/// A configuration error with `message`.
+fn invalid<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid(message.into()))
 }
 
 fn read_file(path: &PathBuf) -> Result<FileConfig, ConfigError> {

@@ -3,46 +3,50 @@
 //! Layout, in the order a connection meets it:
 //!
 //! - [`config`]: flags, `GATEWAY_*` variables and the TOML file, validated at startup.
-//! - [`server`]: the public listener; checks origin and token, then upgrades to a [`session`].
-//! - [`session`]: one task per socket: client frames in, limits, heartbeats, the backlog out.
-//! - [`outbox`]: a connection's outgoing side: frames straight to the socket, or into a backlog
+//! - `server`: the public listener; checks origin and token, then upgrades to a `session`.
+//! - `session`: one task per socket: client frames in, limits, heartbeats, the backlog out.
+//! - `outbox`: a connection's outgoing side: frames straight to the socket, or into a backlog
 //!   bounded in bytes when the socket is full.
-//! - [`hub`]: this node's connections and subscriptions; fans bus events out.
+//! - `hub`: this node's connections and subscriptions; fans bus events out.
 //! - [`broker`]: the bus between nodes: in memory or Redis.
 //! - [`history`]: channel history (offsets, epochs, stored events): in memory or Redis.
-//! - [`cluster`]: leases, cluster-wide queries and operator actions, presence.
+//! - `cluster`: leases, cluster-wide queries and operator actions, presence.
 //!
-//! Beside them: [`protocol`] (frames, error and close codes), [`auth`] (JWT), [`access`]
-//! (who may subscribe or publish where), [`rate`] (per-connection limits), [`metrics`], and
-//! [`admin`] (the admin listener and its API).
+//! Beside them: `node` (what every part of a running node shares), `protocol` (frames, error
+//! and close codes), `view` (the cluster view's messages), `auth` (JWT), `access` (who may
+//! subscribe or publish where), `rate` (per-connection limits), `metrics`, and `admin` (the
+//! admin listener and its API).
+//!
+//! Dependencies point one way: `publisher::wire` → `protocol`, `view` → `outbox`, [`broker`],
+//! [`history`] → `hub` → `cluster`, `session` → `server`, `admin` → this file, which wires
+//! them together in [`run`].
 
-pub mod access;
-pub mod admin;
-pub mod auth;
+mod access;
+mod admin;
+mod auth;
 pub mod broker;
-pub mod cluster;
+mod cluster;
 pub mod config;
 pub mod history;
-pub mod hub;
-pub mod metrics;
-pub mod outbox;
-pub mod protocol;
-pub mod rate;
-pub mod server;
-pub mod session;
+mod hub;
+mod metrics;
+mod node;
+mod outbox;
+mod protocol;
+mod rate;
+mod server;
+mod session;
+mod view;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use publisher::wire::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::{
@@ -52,10 +56,13 @@ use crate::cluster::{Cluster, MemoryRegistry, RedisRegistry, Registry};
 use crate::config::Config;
 use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
+use crate::node::Node;
 
 /// Messages the bus may hand the hub ahead of its fan-out before they are dropped.
 const BUS_INBOX_CAPACITY: usize = 65_536;
+/// How long open TLS connections get to finish once the listener stops.
+const TLS_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -83,41 +90,8 @@ pub enum GatewayError {
     Bus(#[from] BrokerError),
 }
 
-/// What every part of a node shares.
-pub struct Node {
-    /// The validated configuration.
-    pub config: Config,
-    /// Token verification.
-    pub auth: Authenticator,
-    /// The admin API key.
-    pub api_key: String,
-    /// Local connections and subscriptions.
-    pub hub: Hub,
-    /// The cluster view.
-    pub cluster: Arc<Cluster>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    bus_status: watch::Receiver<bool>,
-    draining: AtomicBool,
-}
-
-impl Node {
-    /// Whether the node is shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Whether the bus is connected.
-    pub fn bus_up(&self) -> bool {
-        *self.bus_status.borrow()
-    }
-}
-
-/// An HTTP error with the JSON body `{"error":{"code":…,"message":…}}`.
-pub fn http_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    (status, Json(body)).into_response()
-}
+/// A listener's task: it ends when the listener stops.
+type ListenerTask = JoinHandle<std::io::Result<()>>;
 
 /// Runs a node on the given listeners until `shutdown` resolves, then drains it.
 pub async fn run(
@@ -126,73 +100,8 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
-    let metrics = Arc::new(Metrics::new()?);
-    let (auth, api_key) = credentials(&config)?;
-    let dropped = metrics.messages_dropped.with_label_values(&["bus_backlog"]);
-    let (inbox, inbox_rx) = BusInbox::new(BUS_INBOX_CAPACITY, dropped);
-    let topics = Topics::new(config.redis_prefix.clone());
-    let policies = Policies::from_namespaces(&config.namespaces);
-    let window = config.idempotency_window;
-    let (broker, history, registry): (Arc<dyn Broker>, Arc<dyn History>, Arc<dyn Registry>) =
-        match &config.redis_url {
-            None => {
-                let bus = MemoryBus::new();
-                let history =
-                    MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
-                let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::default());
-                (Arc::new(bus.broker(inbox)), Arc::new(history), registry)
-            }
-            Some(url) => {
-                let settings = RedisSettings {
-                    url: url.clone(),
-                    subscription_connections: config.redis_subscription_connections,
-                    publish_pool_size: config.redis_pool_size,
-                };
-                let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
-                let history = RedisHistory::new(
-                    broker.connection().clone(),
-                    topics.clone(),
-                    policies.clone(),
-                    window,
-                    broker.status(),
-                );
-                let registry =
-                    RedisRegistry::new(broker.connection().clone(), &config.redis_prefix);
-                (Arc::new(broker), Arc::new(history), Arc::new(registry))
-            }
-        };
-    let bus_status = broker.status();
-    let hub = Hub::new(
-        Arc::clone(&broker),
-        history,
-        policies,
-        topics,
-        Arc::clone(&metrics),
-    );
-    let cluster = Arc::new(Cluster::new(
-        config.node_id.clone(),
-        &config.redis_prefix,
-        broker,
-        registry,
-        hub.clone(),
-        config.namespaces.clone(),
-        config.node_lease,
-    ));
-    let node = Arc::new(Node {
-        config,
-        auth,
-        api_key,
-        hub: hub.clone(),
-        cluster: Arc::clone(&cluster),
-        metrics,
-        bus_status,
-        draining: AtomicBool::new(false),
-    });
-    tokio::spawn(watch_bus(Arc::clone(&node)));
-    tokio::spawn(dispatch(hub.clone(), Arc::clone(&cluster), inbox_rx));
-    tokio::spawn(Arc::clone(&cluster).run());
-    tokio::spawn(hub.clone().run_bus_watch(node.bus_status.clone()));
-
+    let (node, inbox) = build_node(config)?;
+    spawn_node_tasks(&node, inbox);
     tracing::info!(
         node_id = %node.config.node_id,
         public = %public.local_addr()?,
@@ -202,40 +111,7 @@ pub async fn run(
         "gateway listening"
     );
     let (stop_listeners, stopped) = watch::channel(false);
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let public_router = server::router(Arc::clone(&node));
-    let public_task = match node.config.tls.clone() {
-        None => {
-            // Frames are small and latency-bound: no Nagle delay behind an unacknowledged one.
-            let public = public.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "could not set TCP_NODELAY");
-                }
-            });
-            let server = axum::serve(public, public_router)
-                .with_graceful_shutdown(until_stopped(stopped.clone()));
-            tokio::spawn(async move { server.await })
-        }
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
-                .map_err(|source| GatewayError::Tls { path: cert, source })?;
-            let handle = axum_server::Handle::new();
-            let server = axum_server::from_tcp_rustls(public.into_std()?, tls)?
-                // As on the plain listener: no Nagle delay behind an unacknowledged frame.
-                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-                .handle(handle.clone())
-                .serve(public_router.into_make_service());
-            let stop = until_stopped(stopped.clone());
-            tokio::spawn(async move {
-                stop.await;
-                handle.graceful_shutdown(Some(Duration::from_secs(1)));
-            });
-            tokio::spawn(server)
-        }
-    };
+    let public_task = serve_public(Arc::clone(&node), public, stopped.clone()).await?;
     let admin_server = axum::serve(admin, admin::router(Arc::clone(&node)))
         .with_graceful_shutdown(until_stopped(stopped));
     let admin_task = tokio::spawn(async move { admin_server.await });
@@ -249,6 +125,142 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The bus, the history store and the registry of a node.
+struct Backends {
+    broker: Arc<dyn Broker>,
+    history: Arc<dyn History>,
+    registry: Arc<dyn Registry>,
+}
+
+/// Builds the node from its configuration; returns it with the bus messages it must dispatch.
+fn build_node(config: Config) -> Result<(Arc<Node>, mpsc::Receiver<BusMessage>), GatewayError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let credentials = credentials(&config)?;
+    let dropped = metrics
+        .messages_dropped
+        .with_label_values(&[Dropped::BusBacklog.label()]);
+    let (inbox, inbox_rx) = BusInbox::new(BUS_INBOX_CAPACITY, dropped);
+    let topics = Topics::new(config.redis_prefix.clone());
+    let policies = Policies::from_namespaces(&config.namespaces);
+    let backends = match &config.redis_url {
+        None => memory_backends(&config, inbox, &topics, &policies),
+        Some(url) => redis_backends(&config, url, inbox, &topics, &policies, &metrics)?,
+    };
+    let bus_status = backends.broker.status();
+    let hub = Hub::new(
+        Arc::clone(&backends.broker),
+        backends.history,
+        policies,
+        topics,
+        Arc::clone(&metrics),
+    );
+    let cluster = Arc::new(Cluster::new(
+        config.node_id.clone(),
+        &config.redis_prefix,
+        backends.broker,
+        backends.registry,
+        hub.clone(),
+        config.namespaces.clone(),
+        config.node_lease,
+    ));
+    let node = Node::new(config, credentials, hub, cluster, metrics, bus_status);
+    Ok((Arc::new(node), inbox_rx))
+}
+
+/// A single node's bus, history and registry, in memory.
+fn memory_backends(
+    config: &Config,
+    inbox: BusInbox,
+    topics: &Topics,
+    policies: &Policies,
+) -> Backends {
+    let bus = MemoryBus::new();
+    let window = config.idempotency_window;
+    let history = MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
+    Backends {
+        broker: Arc::new(bus.broker(inbox)),
+        history: Arc::new(history),
+        registry: Arc::new(MemoryRegistry::default()),
+    }
+}
+
+/// The bus, history and registry of a node that shares the Redis at `url` with its peers.
+fn redis_backends(
+    config: &Config,
+    url: &str,
+    inbox: BusInbox,
+    topics: &Topics,
+    policies: &Policies,
+    metrics: &Metrics,
+) -> Result<Backends, GatewayError> {
+    let settings = RedisSettings {
+        url: url.to_owned(),
+        subscription_connections: config.redis_subscription_connections,
+        publish_pool_size: config.redis_pool_size,
+    };
+    let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
+    let history = RedisHistory::new(
+        broker.connection().clone(),
+        topics.clone(),
+        policies.clone(),
+        config.idempotency_window,
+        broker.status(),
+    );
+    let registry = RedisRegistry::new(broker.connection().clone(), &config.redis_prefix);
+    Ok(Backends {
+        broker: Arc::new(broker),
+        history: Arc::new(history),
+        registry: Arc::new(registry),
+    })
+}
+
+/// Starts what runs beside the listeners: bus dispatch, the cluster's leases, bus watches.
+fn spawn_node_tasks(node: &Arc<Node>, inbox: mpsc::Receiver<BusMessage>) {
+    tokio::spawn(watch_bus(Arc::clone(node)));
+    tokio::spawn(dispatch(node.hub.clone(), Arc::clone(&node.cluster), inbox));
+    tokio::spawn(Arc::clone(&node.cluster).run());
+    tokio::spawn(node.hub.clone().run_bus_watch(node.bus_status()));
+}
+
+/// Resolves once `stop` turns true.
+async fn until_stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Serves the public listener, over TLS where configured, until `stop` turns true.
+async fn serve_public(
+    node: Arc<Node>,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> Result<ListenerTask, GatewayError> {
+    let tls = node.config.tls.clone();
+    let router = server::router(node);
+    let Some((cert, key)) = tls else {
+        // Frames are small and latency-bound: no Nagle delay behind an unacknowledged one.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, router).with_graceful_shutdown(until_stopped(stop));
+        return Ok(tokio::spawn(async move { server.await }));
+    };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .map_err(|source| GatewayError::Tls { path: cert, source })?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        // As on the plain listener: no Nagle delay behind an unacknowledged frame.
+        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
+        .handle(handle.clone())
+        .serve(router.into_make_service());
+    tokio::spawn(async move {
+        until_stopped(stop).await;
+        handle.graceful_shutdown(Some(TLS_GRACE));
+    });
+    Ok(tokio::spawn(server))
 }
 
 /// The token verifier and API key; in development mode, made up and logged.
@@ -297,7 +309,7 @@ async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Bus
 
 /// Mirrors the bus status into metrics and logs.
 async fn watch_bus(node: Arc<Node>) {
-    let mut status = node.bus_status.clone();
+    let mut status = node.bus_status();
     loop {
         let up = *status.borrow_and_update();
         node.metrics.bus_up.set(i64::from(up));
@@ -310,7 +322,7 @@ async fn watch_bus(node: Arc<Node>) {
 /// Refuses new connections, tells every client to reconnect elsewhere, and waits for them
 /// to go, at most the drain timeout.
 async fn drain(node: &Node) {
-    node.draining.store(true, Ordering::Release);
+    node.start_draining();
     let told = node.hub.drain(node.config.drain_reconnect_max);
     tracing::info!(connections = told, "draining");
     if tokio::time::timeout(node.config.drain_timeout, node.hub.wait_empty())

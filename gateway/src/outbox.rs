@@ -42,7 +42,7 @@ thread_local! {
 /// Runs `f` with writes corked: frames pushed meanwhile are queued, and each socket that got
 /// any is written once, with one vectored write, when `f` returns. A fan-out of many events
 /// at once then costs one write per socket rather than one per frame.
-pub fn corked<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn corked<T>(f: impl FnOnce() -> T) -> T {
     let outer = CORKED.with(|corked| corked.borrow_mut().replace(Vec::new()));
     let result = f();
     let touched = CORKED.with(|corked| std::mem::replace(&mut *corked.borrow_mut(), outer));
@@ -64,12 +64,12 @@ fn cork(outbox: &Outbox) -> bool {
 }
 
 /// What a connection's socket must be: any byte stream (TCP, TLS).
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A server text frame, framed for the wire once and shared by every recipient.
 #[derive(Debug, Clone)]
-pub struct OutFrame {
+pub(crate) struct OutFrame {
     /// The whole WebSocket frame: header and JSON payload.
     wire: Bytes,
     /// When the event was published, for delivery latency; `None` for replies.
@@ -78,7 +78,7 @@ pub struct OutFrame {
 
 impl OutFrame {
     /// An event frame published at `published_at`.
-    pub fn event(json: &str, published_at: Option<SystemTime>) -> Self {
+    pub(crate) fn event(json: &str, published_at: Option<SystemTime>) -> Self {
         Self {
             wire: text_frame(json.as_bytes()),
             published_at,
@@ -86,17 +86,17 @@ impl OutFrame {
     }
 
     /// A reply or control frame.
-    pub fn reply(json: &str) -> Self {
+    pub(crate) fn reply(json: &str) -> Self {
         Self::event(json, None)
     }
 
     /// When the event was published.
-    pub fn published_at(&self) -> Option<SystemTime> {
+    pub(crate) fn published_at(&self) -> Option<SystemTime> {
         self.published_at
     }
 
     /// The frame's JSON text.
-    pub fn json(&self) -> &str {
+    pub(crate) fn json(&self) -> &str {
         let header = match self.wire.get(1) {
             Some(126) => 4,
             Some(127) => 10,
@@ -104,16 +104,6 @@ impl OutFrame {
         };
         // Built from a `&str` in `event`, so always UTF-8.
         std::str::from_utf8(self.wire.get(header..).unwrap_or_default()).unwrap_or_default()
-    }
-
-    /// Bytes on the wire.
-    pub fn len(&self) -> usize {
-        self.wire.len()
-    }
-
-    /// Whether the frame has no bytes (never true: a frame has at least its header).
-    pub fn is_empty(&self) -> bool {
-        self.wire.is_empty()
     }
 }
 
@@ -140,7 +130,7 @@ fn text_frame(payload: &[u8]) -> Bytes {
 
 /// Why a frame was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// This push took the backlog over its limit; the connection is now closing with 4100.
     Overflow,
     /// The connection is closing or its socket failed.
@@ -343,13 +333,13 @@ fn observe_latency(metrics: &Metrics, published_at: Option<SystemTime>, now: Sys
 /// A connection's outgoing side; cheap to clone. It starts held: frames queue until the
 /// session has written `connection_established` and calls [`Outbox::release`].
 #[derive(Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     shared: Arc<Shared>,
 }
 
 impl Outbox {
     /// An outbox over `io` whose backlog holds at most `limit_bytes`.
-    pub fn new(io: impl Io, limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(io: impl Io, limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 socket: Mutex::new(Socket {
@@ -371,7 +361,7 @@ impl Outbox {
     }
 
     /// Sends a frame: straight to the socket when it has no backlog, otherwise behind it.
-    pub fn push(&self, frame: &OutFrame) -> Result<(), PushError> {
+    pub(crate) fn push(&self, frame: &OutFrame) -> Result<(), PushError> {
         self.send(frame, true)
     }
 
@@ -387,19 +377,10 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let mut rest = frame.wire.clone();
-        if socket.is_idle() && cork(self) {
-            // Written when the round ends; until then, later frames queue behind this one.
-            socket.enqueue(
-                Queued {
-                    bytes: rest,
-                    counted,
-                    published_at: frame.published_at,
-                },
-                metrics,
-            );
-            return Ok(());
-        }
-        if socket.is_idle() {
+        // Corked, an idle socket's frame is written when the round ends; until then, later
+        // frames queue behind this one, and nobody needs waking.
+        let corked = socket.is_idle() && cork(self);
+        if !corked && socket.is_idle() {
             // The session is not waiting on this socket's writability while it has no
             // backlog, so no waker is needed here; a backlog wakes the session below.
             let mut cx = Context::from_waker(Waker::noop());
@@ -427,7 +408,7 @@ impl Outbox {
                     return Err(PushError::Closed);
                 }
             }
-        } else if socket.backlog_bytes + frame.wire.len() > shared.limit {
+        } else if !corked && socket.backlog_bytes + frame.wire.len() > shared.limit {
             drop(socket);
             return if self.close(CloseCode::SlowConsumer) {
                 Err(PushError::Overflow)
@@ -435,7 +416,7 @@ impl Outbox {
                 Err(PushError::Closed)
             };
         }
-        let wake = socket.backlog.is_empty() && !socket.held;
+        let wake = !corked && socket.backlog.is_empty() && !socket.held;
         socket.enqueue(
             Queued {
                 bytes: rest,
@@ -452,7 +433,7 @@ impl Outbox {
     }
 
     /// Sends a heartbeat ping frame (its answer is any frame, a pong included).
-    pub fn ping(&self) {
+    pub(crate) fn ping(&self) {
         const PING: OutFrame = OutFrame {
             wire: Bytes::from_static(&[0x89, 0x00]),
             published_at: None,
@@ -475,7 +456,7 @@ impl Outbox {
 
     /// Puts a frame ahead of everything queued while the connection is held (the session's
     /// first frame, ahead of events that came in meanwhile).
-    pub fn push_first(&self, frame: &OutFrame) {
+    pub(crate) fn push_first(&self, frame: &OutFrame) {
         let mut socket = self.shared.socket();
         debug_assert!(socket.held && !socket.front_started);
         let len = frame.wire.len();
@@ -489,12 +470,12 @@ impl Outbox {
     }
 
     /// Holds frames in the backlog, so that a run of them goes out in few writes.
-    pub fn hold(&self) {
+    pub(crate) fn hold(&self) {
         self.shared.socket().held = true;
     }
 
     /// Ends [`Outbox::hold`]: the session writes what was queued.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         let mut socket = self.shared.socket();
         socket.held = false;
         let wake = !socket.backlog.is_empty() || socket.broken;
@@ -506,7 +487,7 @@ impl Outbox {
 
     /// Asks the session to close the connection with `code`. Returns whether this call was
     /// the one that started the close (the first code wins).
-    pub fn close(&self, code: CloseCode) -> bool {
+    pub(crate) fn close(&self, code: CloseCode) -> bool {
         let started = self
             .shared
             .close_code
@@ -519,7 +500,7 @@ impl Outbox {
     }
 
     /// Waits until a close was asked for, and returns its code.
-    pub async fn closing(&self) -> CloseCode {
+    pub(crate) async fn closing(&self) -> CloseCode {
         loop {
             if let Some(code) = self.close_code() {
                 return code;
@@ -529,33 +510,33 @@ impl Outbox {
     }
 
     /// The close code asked for, if any.
-    pub fn close_code(&self) -> Option<CloseCode> {
+    pub(crate) fn close_code(&self) -> Option<CloseCode> {
         CloseCode::from_code(self.shared.close_code.load(Ordering::Acquire))
     }
 
     /// Bytes queued and not yet handed to the socket.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.shared.socket().backlog_bytes
     }
 
     /// Resolves when there may be a backlog to drain (or a failed write to notice).
-    pub fn backlog_signal(&self) -> Notified<'_> {
+    pub(crate) fn backlog_signal(&self) -> Notified<'_> {
         self.shared.backlog.notified()
     }
 
     /// Writes the backlog until it is empty, or the socket is full (`Pending`).
-    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.shared.socket().poll_drain(cx, &self.shared.metrics)
     }
 
     /// Drops the backlog (a slow consumer's, before its close frame), but for a frame already
     /// partly written.
-    pub fn discard_backlog(&self) {
+    pub(crate) fn discard_backlog(&self) {
         self.shared.socket().discard_backlog(&self.shared.metrics);
     }
 
     /// Ends the connection: closes the socket and drops the backlog.
-    pub fn shut(&self) {
+    pub(crate) fn shut(&self) {
         let mut socket = self.shared.socket();
         socket.io = None;
         socket.broken = true;
@@ -564,7 +545,7 @@ impl Outbox {
     }
 
     /// The socket as a byte stream for tungstenite, whose writes take the outbox's path.
-    pub fn io(&self) -> SocketIo {
+    pub(crate) fn io(&self) -> SocketIo {
         SocketIo(Arc::clone(&self.shared))
     }
 }
@@ -572,7 +553,7 @@ impl Outbox {
 /// The connection's socket as tungstenite sees it: reads go to the socket; writes are
 /// accepted whole at once (straight to the socket, or behind the backlog), so that a frame of
 /// tungstenite's never interleaves with ours and flushing never waits on a slow client.
-pub struct SocketIo(Arc<Shared>);
+pub(crate) struct SocketIo(Arc<Shared>);
 
 impl AsyncRead for SocketIo {
     fn poll_read(

@@ -5,107 +5,86 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use publisher::wire::{Envelope, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use strum::VariantNames;
 
-/// A WebSocket close code of the contract, grouped by what the client should do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum CloseCode {
+/// Defines [`CloseCode`] from one list: each variant's number, its reason text, and `ALL`.
+macro_rules! close_codes {
+    ($($(#[$meta:meta])* $variant:ident = $code:literal => $reason:literal,)*) => {
+        /// A WebSocket close code of the contract, grouped by what the client should do.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(u16)]
+        pub(crate) enum CloseCode {
+            $($(#[$meta])* $variant = $code,)*
+        }
+
+        impl CloseCode {
+            /// Every close code of the contract.
+            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// The reason text sent in the close frame.
+            pub(crate) fn reason(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $reason,)*
+                }
+            }
+
+            /// The code as a metrics label value.
+            pub(crate) fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($code),)*
+                }
+            }
+        }
+    };
+}
+
+close_codes! {
     /// Normal closure: stop.
-    Normal = 1000,
+    Normal = 1000 => "normal",
     /// The connection was silent past the idle timeout: reconnect.
-    GoingAway = 1001,
+    GoingAway = 1001 => "idle timeout",
     /// An inbound frame was over the size limit: fix the client.
-    MessageTooBig = 1009,
+    MessageTooBig = 1009 => "message too big",
     /// Internal error: reconnect with backoff.
-    Internal = 1011,
+    Internal = 1011 => "internal error",
     /// Token invalid: stop until there is a new token.
-    TokenInvalid = 4001,
+    TokenInvalid = 4001 => "token invalid",
     /// Token expired: refresh, then reconnect.
-    TokenExpired = 4002,
+    TokenExpired = 4002 => "token expired",
     /// Protocol abuse: stop.
-    ProtocolAbuse = 4003,
+    ProtocolAbuse = 4003 => "protocol abuse",
     /// Disconnected by an operator: stop.
-    OperatorDisconnect = 4004,
+    OperatorDisconnect = 4004 => "disconnected by operator",
     /// Outgoing queue over its limit: reconnect with backoff and recover.
-    SlowConsumer = 4100,
+    SlowConsumer = 4100 => "slow consumer",
     /// Rate limited: reconnect with backoff.
-    RateLimited = 4101,
+    RateLimited = 4101 => "rate limited",
     /// Too many connections for this user: reconnect with backoff.
-    TooManyConnections = 4102,
+    TooManyConnections = 4102 => "too many connections",
     /// Node shutting down: reconnect after the advised delay and recover.
-    ShuttingDown = 4200,
+    ShuttingDown = 4200 => "node shutting down",
 }
 
 impl CloseCode {
-    /// Every close code of the contract.
-    pub const ALL: [Self; 12] = [
-        Self::Normal,
-        Self::GoingAway,
-        Self::MessageTooBig,
-        Self::Internal,
-        Self::TokenInvalid,
-        Self::TokenExpired,
-        Self::ProtocolAbuse,
-        Self::OperatorDisconnect,
-        Self::SlowConsumer,
-        Self::RateLimited,
-        Self::TooManyConnections,
-        Self::ShuttingDown,
-    ];
-
     /// The close code with this number, if it is one of the contract's.
-    pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.code() == code)
+    pub(crate) fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.code() == code)
     }
 
     /// The numeric code.
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         self as u16
-    }
-
-    /// The reason text sent in the close frame.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::GoingAway => "idle timeout",
-            Self::MessageTooBig => "message too big",
-            Self::Internal => "internal error",
-            Self::TokenInvalid => "token invalid",
-            Self::TokenExpired => "token expired",
-            Self::ProtocolAbuse => "protocol abuse",
-            Self::OperatorDisconnect => "disconnected by operator",
-            Self::SlowConsumer => "slow consumer",
-            Self::RateLimited => "rate limited",
-            Self::TooManyConnections => "too many connections",
-            Self::ShuttingDown => "node shutting down",
-        }
-    }
-
-    /// The code as a metrics label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Normal => "1000",
-            Self::GoingAway => "1001",
-            Self::MessageTooBig => "1009",
-            Self::Internal => "1011",
-            Self::TokenInvalid => "4001",
-            Self::TokenExpired => "4002",
-            Self::ProtocolAbuse => "4003",
-            Self::OperatorDisconnect => "4004",
-            Self::SlowConsumer => "4100",
-            Self::RateLimited => "4101",
-            Self::TooManyConnections => "4102",
-            Self::ShuttingDown => "4200",
-        }
     }
 }
 
-/// The `code` of an `error` frame or of a rejected subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// The `code` of an `error` frame, of a rejected subscription, or of an HTTP error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     /// Invalid JSON, a wrong shape, a missing field or a binary frame.
     BadRequest,
@@ -131,13 +110,58 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The value as it appears in metrics labels and on the wire.
+    pub fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
+    }
+}
+
+/// An error as a client is told it: a code of the contract and a message for its developer,
+/// never an internal cause (that goes to the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientError {
+    /// What kind of error.
+    pub(crate) code: ErrorCode,
+    /// A message for the client's developer.
+    pub(crate) message: String,
+}
+
+impl ClientError {
+    /// An error with `code` and `message`.
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// An HTTP error with the JSON body `{"error":{"code":…,"message":…}}`: the one shape of every
+/// HTTP refusal, on both listeners.
+pub(crate) fn http_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(error_body(code, message))).into_response()
+}
+
+/// The JSON error body `{"error":{"code":…,"message":…}}`, also one entry of a batch reply.
+pub(crate) fn error_body(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"code": code, "message": message}})
+}
+
 /// A client frame's `id`, echoed verbatim in the reply.
-pub type RequestId = Box<RawValue>;
+pub(crate) type RequestId = Box<RawValue>;
 
 /// A client frame that has been parsed and checked for shape.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, strum::VariantNames, strum::IntoStaticStr)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ClientFrame {
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum ClientFrame {
     /// Authenticate a connection opened without a token.
     Auth {
         /// The JWT.
@@ -205,22 +229,9 @@ pub enum ClientFrame {
     },
 }
 
-const CLIENT_FRAME_TYPES: &[&str] = &[
-    "auth",
-    "register",
-    "subscribe",
-    "unsubscribe",
-    "ping",
-    "heartbeat",
-    "refresh",
-    "history",
-    "presence",
-    "publish",
-];
-
 /// A client frame that could not be used, with the `id` to answer to when there was one.
 #[derive(Debug)]
-pub struct FrameError {
+pub(crate) struct FrameError {
     /// The request id, if the frame carried a usable one.
     pub id: Option<RequestId>,
     /// What kind of error.
@@ -238,7 +249,9 @@ struct FrameHead<'a> {
 }
 
 /// Parses a client text frame into its request id and frame.
-pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientFrame), FrameError> {
+pub(crate) fn parse_client_frame(
+    text: &str,
+) -> Result<(Option<RequestId>, ClientFrame), FrameError> {
     let bad = |id, code, message: String| FrameError { id, code, message };
     let head: FrameHead<'_> = serde_json::from_str(text).map_err(|e| {
         bad(
@@ -260,7 +273,7 @@ pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientFrame)
             "missing field `type`".into(),
         ));
     };
-    if !CLIENT_FRAME_TYPES.contains(&kind.as_ref()) {
+    if !ClientFrame::VARIANTS.contains(&kind.as_ref()) {
         return Err(bad(
             id,
             ErrorCode::UnknownType,
@@ -279,7 +292,7 @@ pub fn parse_client_frame(text: &str) -> Result<(Option<RequestId>, ClientFrame)
 
 /// A subscription the server refused, as listed in `subscribed.rejected`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// The channel as the client named it.
     pub channel: String,
     /// Why.
@@ -289,9 +302,10 @@ pub struct Rejection {
 }
 
 /// A frame the server sends in reply to a client frame or on its own.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, strum::VariantNames)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerFrame<'a> {
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum ServerFrame<'a> {
     /// The first frame after authentication.
     ConnectionEstablished {
         /// This connection's id.
@@ -364,7 +378,7 @@ pub enum ServerFrame<'a> {
         /// The channel.
         channel: &'a str,
         /// Its subscribers, cluster-wide.
-        clients: &'a [crate::hub::PresenceEntry],
+        clients: &'a [crate::view::PresenceEntry],
     },
     /// History could not fill a gap on a channel: reload its state, then carry on from here.
     Reload {
@@ -399,7 +413,7 @@ struct Reply<'a> {
 
 impl ServerFrame<'_> {
     /// Encodes the frame, echoing `id` when the client sent one.
-    pub fn encode(&self, id: Option<&RawValue>) -> String {
+    pub(crate) fn encode(&self, id: Option<&RawValue>) -> String {
         // These frames hold strings, numbers and raw JSON only, so serialisation cannot fail.
         serde_json::to_string(&Reply { frame: self, id }).unwrap_or_default()
     }
@@ -422,7 +436,7 @@ struct EventFrame<'a> {
 const NULL: &str = "null";
 
 /// Encodes a bus event as the frame clients receive: once per node, shared by all recipients.
-pub fn encode_event(envelope: &Envelope<'_>) -> String {
+pub(crate) fn encode_event(envelope: &Envelope<'_>) -> String {
     let null: &RawValue = serde_json::from_str(NULL).unwrap_or_else(|_| unreachable!());
     let frame = EventFrame {
         event: &envelope.event,
@@ -493,5 +507,31 @@ mod tests {
             serde_json::json!({"type":"job_progress","channel":"jobs","offset":42,"epoch":"e",
                 "timestamp":"2026-11-22T10:00:01.123Z","data":{"p":45.5}})
         );
+    }
+
+    #[test]
+    fn every_frame_type_is_a_reserved_event_name() {
+        let mut frame_types: Vec<&str> = ClientFrame::VARIANTS
+            .iter()
+            .chain(ServerFrame::VARIANTS)
+            .chain(&["join", "leave"])
+            .copied()
+            .collect();
+        frame_types.sort_unstable();
+        frame_types.dedup();
+        let mut reserved = publisher::wire::RESERVED_EVENT_NAMES.to_vec();
+        reserved.sort_unstable();
+        assert_eq!(
+            frame_types, reserved,
+            "the publisher must refuse exactly these names"
+        );
+    }
+
+    #[test]
+    fn close_code_labels_are_their_numbers() {
+        for code in CloseCode::ALL {
+            assert_eq!(code.label(), code.code().to_string());
+            assert_eq!(CloseCode::from_code(code.code()), Some(*code));
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -14,7 +14,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         Self {
             rate: f64::from(rate),
             burst: f64::from(burst),
@@ -31,7 +31,7 @@ impl TokenBucket {
     }
 
     /// Takes a token if there is one.
-    pub fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -42,13 +42,13 @@ impl TokenBucket {
     }
 
     /// Whether the bucket has (nearly) refilled, i.e. the client has calmed down.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.tokens >= self.burst - 1.0
     }
 }
 
 /// The outcome of one strike.
-pub struct Strike {
+pub(crate) struct Strike {
     /// The first strike since the last reset: worth telling the client.
     pub first: bool,
     /// The limit is reached.
@@ -56,7 +56,7 @@ pub struct Strike {
 }
 
 /// Counts strikes up to a limit; with a window, strikes older than it are forgotten.
-pub struct Strikes {
+pub(crate) struct Strikes {
     limit: u32,
     window: Option<Duration>,
     count: u32,
@@ -65,7 +65,7 @@ pub struct Strikes {
 
 impl Strikes {
     /// `limit` strikes, forgotten after `window` without one when a window is given.
-    pub fn new(limit: u32, window: Option<Duration>) -> Self {
+    pub(crate) fn new(limit: u32, window: Option<Duration>) -> Self {
         Self {
             limit,
             window,
@@ -75,7 +75,7 @@ impl Strikes {
     }
 
     /// Records a strike.
-    pub fn strike(&mut self) -> Strike {
+    pub(crate) fn strike(&mut self) -> Strike {
         let now = Instant::now();
         if let (Some(window), Some(last)) = (self.window, self.last)
             && now.duration_since(last) > window
@@ -91,7 +91,7 @@ impl Strikes {
     }
 
     /// Forgets every strike.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.count = 0;
     }
 }

@@ -11,10 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use publisher::wire::Position;
 
-use crate::{Node, http_error, session};
+use crate::metrics::Refusal;
+use crate::node::Node;
+use crate::protocol::http_error;
+use crate::session;
 
 /// Routes of the public listener.
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -33,16 +36,13 @@ async fn upgrade(
         Err(refusal) => return refusal,
     };
     let reject = |status, reason: &'static str, message: &str| {
-        node.metrics
-            .connections_rejected
-            .with_label_values(&[reason])
-            .inc();
+        node.metrics.refused(reason);
         http_error(status, reason, message)
     };
     if node.is_draining() {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
+            Refusal::Draining.label(),
             "node is shutting down; connect to another",
         );
     }
@@ -50,7 +50,11 @@ async fn upgrade(
         let allowed = &node.config.allowed_origins;
         let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
         if !allowed.is_empty() && !allowed.iter().any(|a| a == origin || a == "*") {
-            return reject(StatusCode::FORBIDDEN, "origin", "origin not allowed");
+            return reject(
+                StatusCode::FORBIDDEN,
+                Refusal::Origin.label(),
+                "origin not allowed",
+            );
         }
     }
     let bearer = headers
@@ -66,14 +70,10 @@ async fn upgrade(
             return reject(StatusCode::UNAUTHORIZED, error.reason(), &error.to_string());
         }
     };
-    // The personal channel's recovery position: `?since_offset=41&since_epoch=…`.
-    let since = query
-        .get("since_offset")
-        .and_then(|o| o.parse().ok())
-        .map(|offset| Position {
-            offset,
-            epoch: query.get("since_epoch").cloned().unwrap_or_default(),
-        });
+    let since = match personal_since(&query) {
+        Ok(since) => since,
+        Err(message) => return http_error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
     let accept = tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let on_upgrade = upgrade.on_upgrade;
     tokio::spawn(async move {
@@ -96,6 +96,18 @@ async fn upgrade(
         ],
     )
         .into_response()
+}
+
+/// The personal channel's recovery position, `?since_offset=41&since_epoch=…`, if given.
+fn personal_since(query: &HashMap<String, String>) -> Result<Option<Position>, &'static str> {
+    let Some(offset) = query.get("since_offset") else {
+        return Ok(None);
+    };
+    let offset = offset
+        .parse()
+        .map_err(|_| "since_offset must be a non-negative integer")?;
+    let epoch = query.get("since_epoch").cloned().unwrap_or_default();
+    Ok(Some(Position { offset, epoch }))
 }
 
 /// A WebSocket upgrade request (RFC 6455 section 4.2.1): its key, and the connection to take

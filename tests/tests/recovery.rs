@@ -396,6 +396,16 @@ async fn a_user_recovers_their_personal_channel_when_reconnecting() {
 }
 
 #[tokio::test]
+async fn a_malformed_since_offset_is_refused_with_400() {
+    let gw = TestGateway::spawn(config(None)).await;
+    for bad in ["abc", "-1", "1.5", ""] {
+        let url = format!("{}&since_offset={bad}", gw.ws_url_with_token(&token("42")));
+        let failure = e2e::assert_refused(TestClient::connect(&url).await, 400);
+        assert!(failure.body.contains("since_offset"), "{bad:?}: {failure}");
+    }
+}
+
+#[tokio::test]
 async fn the_in_memory_bus_recovers_the_same_way() {
     let gw = TestGateway::spawn(config(None)).await;
     let mut client = gw.connect_as("u1").await;

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::Node;
 use crate::cluster::close_code;
-use crate::hub::{ClientFilter, Selector};
+use crate::node::Node;
 use crate::protocol::{CloseCode, ErrorCode};
+use crate::view::{ClientFilter, Selector};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 

@@ -17,11 +17,13 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::cluster::ClusterError;
-use crate::protocol::ErrorCode;
-use crate::{Node, http_error};
+use crate::history::HistoryError;
+use crate::hub::HubError;
+use crate::node::Node;
+use crate::protocol::{ClientError, ErrorCode, error_body, http_error};
 
 /// Routes of the admin listener.
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     let api = Router::new()
         .route("/publish", post(publish::publish))
         .route("/publish/batch", post(publish::publish_batch))
@@ -103,9 +105,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
 
+impl ApiError {
+    /// The JSON error body.
     fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        error_body(self.code.label(), &self.message)
     }
 }
 
@@ -122,16 +127,39 @@ impl From<WireError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
+        tracing::warn!(%error, "cluster-wide call failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::Internal,
-            message: error.to_string(),
+            message: "the bus or the registry is unavailable; try again".into(),
         }
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(error: HubError) -> Self {
+        let status = if error.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let ClientError { code, message } = ClientError::from(&error);
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl From<HistoryError> for ApiError {
+    fn from(error: HistoryError) -> Self {
+        Self::from(HubError::from(error))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        http_error(self.status, self.code.label(), &self.message)
     }
 }

@@ -14,9 +14,9 @@ use serde_json::{Map, Value, json};
 
 use super::ApiError;
 use crate::history::Published;
-use crate::hub::HubError;
+use crate::node::Node;
 use crate::protocol::ErrorCode;
-use crate::{Node, http_error};
+use crate::protocol::http_error;
 
 /// The body of `POST /api/publish`: exactly one target, an event, its data.
 #[derive(Debug, Deserialize)]
@@ -101,11 +101,6 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
     let data = request.data.as_deref();
     let exclude = request.exclude_client.as_deref();
     let publish = |target| node.hub.publish(target, &event, data, exclude, key);
-    let failed = |error: HubError| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: ErrorCode::Internal,
-        message: error.to_string(),
-    };
     if let Some(names) = &request.channels {
         if names.is_empty() {
             return Err(ApiError::bad(ErrorCode::BadRequest, "channels is empty"));
@@ -116,9 +111,7 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
             .collect::<Result<Vec<_>, _>>()?;
         let mut replies = Map::new();
         for channel in &channels {
-            publish(Target::Channel(channel.as_str()))
-                .await
-                .map_err(failed)?;
+            publish(Target::Channel(channel.as_str())).await?;
             replies.insert(channel.to_string(), json!({}));
         }
         return Ok(json!({ "channels": replies }));
@@ -138,7 +131,7 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
         (_, Some(client_type)) => Target::ClientType(client_type.as_str()),
         _ => Target::Broadcast,
     };
-    let published = publish(target).await.map_err(failed)?;
+    let published = publish(target).await?;
     Ok(published_reply(&published))
 }
 
@@ -179,12 +172,7 @@ pub(super) async fn history(
     let page = node
         .hub
         .history_page(&channel, query.since, query.epoch.as_deref(), query.limit)
-        .await
-        .map_err(|error| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: ErrorCode::Internal,
-            message: error.to_string(),
-        })?;
+        .await?;
     match page {
         Some((events, position)) => Ok(Json(
             json!({"channel": channel, "events": events, "position": position}),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use keys::{Jwks, Policy, VerifyKey, hmac_keys, load_jwks, load_pem};
-pub use pattern::ChannelPattern;
+pub(crate) use pattern::ChannelPattern;
 
 /// Largest clock skew honoured; a larger configured leeway is capped to this.
 const MAX_LEEWAY: Duration = Duration::from_secs(24 * 3600);
@@ -55,7 +55,7 @@ impl fmt::Debug for AuthSettings {
 }
 
 /// Verifies client tokens. Cheap to share behind an Arc; Send + Sync.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     hmac: Option<(VerifyKey, EncodingKey)>,
     pem: Option<VerifyKey>,
     jwks: Option<Jwks>,
@@ -74,7 +74,7 @@ impl fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Loads keys; errors name the file and what is wrong. Errors if no key at all is configured.
-    pub fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
+    pub(crate) fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         let policy = Policy {
             audience: non_empty(&settings.audience),
@@ -105,7 +105,7 @@ impl Authenticator {
     ///
     /// The hex string itself is the HMAC key, so restarting with `GATEWAY_JWT_SECRET=<hex>`
     /// accepts the same tokens.
-    pub fn development() -> (Self, String) {
+    pub(crate) fn development() -> (Self, String) {
         let bytes: [u8; 32] = rand::random();
         let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let policy = Policy {
@@ -124,7 +124,7 @@ impl Authenticator {
     }
 
     /// Mints an HS256 token with the development secret (None if this authenticator has no HMAC secret). Used to log a ready-made demo token in development mode.
-    pub fn demo_token(&self, user_id: &str, ttl: Duration) -> Option<String> {
+    pub(crate) fn demo_token(&self, user_id: &str, ttl: Duration) -> Option<String> {
         let (_, key) = self.hmac.as_ref()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
         let mut claims = serde_json::Map::new();
@@ -141,7 +141,7 @@ impl Authenticator {
     }
 
     /// Checks signature, algorithm, exp, nbf, aud, iss and the claims' shape.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -285,7 +285,7 @@ impl RawClaims {
 
 /// What the gateway uses from a verified token.
 #[derive(Debug, Clone)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// The user: `sub`, or `user_id` when `sub` is absent.
     pub user_id: UserId,
     /// When the token expires (`exp`, without leeway).
@@ -363,25 +363,65 @@ pub enum AuthError {
     NoKeyConfigured,
 }
 
+/// Why a token was refused, as a low-cardinality metrics label and log field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum TokenRefusal {
+    /// No token was given.
+    Missing,
+    /// Not a well-formed JWT.
+    Malformed,
+    /// An algorithm the configured keys do not allow.
+    Algorithm,
+    /// A key id no configured key has.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    /// `aud` does not match.
+    Audience,
+    /// `iss` does not match.
+    Issuer,
+    /// The claims are not usable.
+    Claims,
+    /// The gateway's own keys are misconfigured.
+    Config,
+}
+
+impl TokenRefusal {
+    /// The value as it appears in metrics labels and on the wire.
+    pub(crate) fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
 impl AuthError {
-    /// A short, low-cardinality reason for metrics labels and logs.
-    pub fn reason(&self) -> &'static str {
+    /// Why the token was refused, for metrics and logs.
+    pub(crate) fn refusal(&self) -> TokenRefusal {
         match self {
-            Self::Missing => "missing",
-            Self::Malformed(_) => "malformed",
-            Self::AlgorithmNotAllowed(_) => "algorithm",
-            Self::UnknownKey(_) => "unknown_key",
-            Self::InvalidSignature => "signature",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::InvalidAudience => "audience",
-            Self::InvalidIssuer => "issuer",
-            Self::InvalidClaims(_) => "claims",
+            Self::Missing => TokenRefusal::Missing,
+            Self::Malformed(_) => TokenRefusal::Malformed,
+            Self::AlgorithmNotAllowed(_) => TokenRefusal::Algorithm,
+            Self::UnknownKey(_) => TokenRefusal::UnknownKey,
+            Self::InvalidSignature => TokenRefusal::Signature,
+            Self::Expired => TokenRefusal::Expired,
+            Self::NotYetValid => TokenRefusal::NotYetValid,
+            Self::InvalidAudience => TokenRefusal::Audience,
+            Self::InvalidIssuer => TokenRefusal::Issuer,
+            Self::InvalidClaims(_) => TokenRefusal::Claims,
             Self::KeyFile { .. }
             | Self::InvalidKey { .. }
             | Self::InvalidJwks { .. }
-            | Self::NoKeyConfigured => "config",
+            | Self::NoKeyConfigured => TokenRefusal::Config,
         }
+    }
+
+    /// A short, low-cardinality reason for metrics labels and logs.
+    pub fn reason(&self) -> &'static str {
+        self.refusal().label()
     }
 }
 

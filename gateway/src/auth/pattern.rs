@@ -4,11 +4,11 @@ use super::AuthError;
 
 /// A channel pattern from the `channels` claim: `*` matches any run of characters within one `:`-separated segment (`room:*` matches `room:1`, not `room:1:x`; `*` alone matches `jobs` but not `room:1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelPattern(String);
+pub(crate) struct ChannelPattern(String);
 
 impl ChannelPattern {
     /// Validates a pattern: 1 to 255 bytes of `[A-Za-z0-9_:#.@=,-]` plus `*`.
-    pub fn parse(pattern: &str) -> Result<Self, AuthError> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, AuthError> {
         let valid_byte = |b: u8| {
             b.is_ascii_alphanumeric()
                 || matches!(
@@ -29,7 +29,7 @@ impl ChannelPattern {
     }
 
     /// Whether `channel` matches, segment by segment.
-    pub fn matches(&self, channel: &str) -> bool {
+    pub(crate) fn matches(&self, channel: &str) -> bool {
         let mut pattern = self.0.split(':');
         let mut channel = channel.split(':');
         loop {
@@ -42,7 +42,8 @@ impl ChannelPattern {
     }
 
     /// The pattern as written in the token.
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

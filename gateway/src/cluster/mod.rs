@@ -20,19 +20,20 @@ use publisher::wire::{ChannelName, EventName, Target};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub use self::redis::RedisRegistry;
-pub use self::registry::{MemoryRegistry, PresenceRecord, Registry, RegistryError};
+pub(crate) use self::redis::RedisRegistry;
+pub(crate) use self::registry::{MemoryRegistry, Registry, RegistryError};
 use crate::broker::{Broker, BrokerError, BusMessage};
 use crate::config::Namespaces;
-use crate::hub::{ClientFilter, ClientInfo, Hub, PresenceEntry, Selector};
+use crate::hub::Hub;
 use crate::protocol::CloseCode;
+use crate::view::{ClientFilter, ClientInfo, PresenceEntry, Selector};
 
 /// How long a survey waits for the last node.
 const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a cluster-wide call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub(crate) enum ClusterError {
     /// The bus refused the survey.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -92,7 +93,7 @@ struct Reply {
 
 /// One node's line in the cluster stats.
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeStats {
+pub(crate) struct NodeStats {
     /// The node.
     pub node_id: String,
     /// Its connections.
@@ -105,7 +106,7 @@ pub struct NodeStats {
 
 /// Cluster-wide counts.
 #[derive(Debug, Clone, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Connections on every live node.
     pub total_connections: usize,
     /// Distinct users on every live node.
@@ -115,7 +116,7 @@ pub struct Stats {
 }
 
 /// This node's part of the cluster.
-pub struct Cluster {
+pub(crate) struct Cluster {
     node_id: String,
     started: Instant,
     broker: Arc<dyn Broker>,
@@ -131,7 +132,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// This node's view of the cluster; `prefix` is the deployment's topic prefix.
-    pub fn new(
+    pub(crate) fn new(
         node_id: String,
         prefix: &str,
         broker: Arc<dyn Broker>,
@@ -156,17 +157,17 @@ impl Cluster {
     }
 
     /// Whether a bus message belongs to the cluster's control traffic.
-    pub fn is_control(&self, topic: &str) -> bool {
+    pub(crate) fn is_control(&self, topic: &str) -> bool {
         topic == self.control_topic || topic == self.reply_topic
     }
 
     /// The registry.
-    pub fn registry(&self) -> &dyn Registry {
+    pub(crate) fn registry(&self) -> &dyn Registry {
         self.registry.as_ref()
     }
 
     /// Keeps the control topics subscribed, the lease renewed, and dead nodes cleaned up.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         for topic in [self.control_topic.clone(), self.reply_topic.clone()] {
             // Until the bus confirms once; the broker then restores it after every outage.
             while let Err(error) = self.broker.subscribe(topic.clone()).await {
@@ -205,7 +206,7 @@ impl Cluster {
     }
 
     /// Handles a control message from the bus (called from the dispatch loop; never waits).
-    pub fn handle(self: &Arc<Self>, message: &BusMessage) {
+    pub(crate) fn handle(self: &Arc<Self>, message: &BusMessage) {
         if message.topic == self.reply_topic {
             let Ok(reply) = serde_json::from_slice::<Reply>(&message.payload) else {
                 return;
@@ -316,7 +317,7 @@ impl Cluster {
     }
 
     /// Cluster-wide counts, one line per node that answered.
-    pub async fn stats(&self) -> Result<Stats, ClusterError> {
+    pub(crate) async fn stats(&self) -> Result<Stats, ClusterError> {
         let mut users = HashSet::new();
         let mut nodes = Vec::new();
         for reply in self.survey(Query::Stats).await? {
@@ -344,7 +345,10 @@ impl Cluster {
     }
 
     /// Every connection in the cluster that passes `filter`.
-    pub async fn clients(&self, filter: ClientFilter) -> Result<Vec<ClientInfo>, ClusterError> {
+    pub(crate) async fn clients(
+        &self,
+        filter: ClientFilter,
+    ) -> Result<Vec<ClientInfo>, ClusterError> {
         let mut clients = Vec::new();
         for reply in self.survey(Query::Clients { filter }).await? {
             if let Answer::Clients { clients: found } = reply.answer {
@@ -356,7 +360,7 @@ impl Cluster {
     }
 
     /// Every channel with subscribers, with the cluster-wide count.
-    pub async fn channels(&self) -> Result<BTreeMap<String, usize>, ClusterError> {
+    pub(crate) async fn channels(&self) -> Result<BTreeMap<String, usize>, ClusterError> {
         let mut channels = BTreeMap::new();
         for reply in self.survey(Query::Channels).await? {
             if let Answer::Channels { channels: found } = reply.answer {
@@ -369,7 +373,7 @@ impl Cluster {
     }
 
     /// The connections subscribed to `channel`, cluster-wide.
-    pub async fn presence(
+    pub(crate) async fn presence(
         &self,
         channel: &ChannelName,
     ) -> Result<Vec<PresenceEntry>, ClusterError> {
@@ -387,7 +391,7 @@ impl Cluster {
     }
 
     /// Closes the selected connections on every node with `code`; returns how many.
-    pub async fn disconnect(
+    pub(crate) async fn disconnect(
         &self,
         selector: Selector,
         code: CloseCode,
@@ -400,7 +404,7 @@ impl Cluster {
     }
 
     /// Unsubscribes the selected connections from `channel` on every node; returns how many.
-    pub async fn unsubscribe(
+    pub(crate) async fn unsubscribe(
         &self,
         selector: Selector,
         channel: &ChannelName,
@@ -413,14 +417,14 @@ impl Cluster {
     }
 
     /// Whether a channel's namespace keeps presence.
-    pub fn keeps_presence(&self, channel: &ChannelName) -> bool {
+    pub(crate) fn keeps_presence(&self, channel: &ChannelName) -> bool {
         self.namespaces
             .get(channel.namespace())
             .is_some_and(|ns| ns.presence)
     }
 
     /// A connection joined a channel: record its presence and tell the subscribers.
-    pub async fn joined(&self, channel: &ChannelName, entry: &PresenceEntry) {
+    pub(crate) async fn joined(&self, channel: &ChannelName, entry: &PresenceEntry) {
         if !self.keeps_presence(channel) {
             return;
         }
@@ -435,7 +439,7 @@ impl Cluster {
     }
 
     /// A connection left a channel: forget its presence and tell the subscribers.
-    pub async fn left(&self, channel: &ChannelName, entry: &PresenceEntry) {
+    pub(crate) async fn left(&self, channel: &ChannelName, entry: &PresenceEntry) {
         if !self.keeps_presence(channel) {
             return;
         }
@@ -490,7 +494,7 @@ fn count(replies: Vec<Reply>) -> usize {
 }
 
 /// The close codes an operator may choose.
-pub fn close_code(code: u16) -> Option<CloseCode> {
+pub(crate) fn close_code(code: u16) -> Option<CloseCode> {
     use CloseCode::*;
     [
         Normal,

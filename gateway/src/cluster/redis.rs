@@ -9,7 +9,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::registry::{PresenceRecord, Registry, RegistryError};
 use crate::broker::BoxFuture;
-use crate::hub::PresenceEntry;
+use crate::view::PresenceEntry;
 
 /// Renews a lease in Redis time, so that node clocks need not agree.
 const HEARTBEAT: &str = r"
@@ -53,7 +53,7 @@ end
 return left";
 
 /// The cluster registry in Redis.
-pub struct RedisRegistry {
+pub(crate) struct RedisRegistry {
     redis: SharedConnection,
     prefix: String,
     heartbeat: Script,
@@ -68,7 +68,7 @@ fn unavailable(error: impl std::fmt::Display) -> RegistryError {
 
 impl RedisRegistry {
     /// A registry over `redis` under the deployment's key prefix.
-    pub fn new(redis: SharedConnection, prefix: &str) -> Self {
+    pub(crate) fn new(redis: SharedConnection, prefix: &str) -> Self {
         Self {
             redis,
             prefix: prefix.to_owned(),

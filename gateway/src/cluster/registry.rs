@@ -6,21 +6,21 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::broker::BoxFuture;
-use crate::hub::PresenceEntry;
+use crate::view::PresenceEntry;
 
 /// Why the registry could not answer.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub(crate) enum RegistryError {
     /// The store is unreachable or refused the command.
     #[error("cluster registry unavailable: {0}")]
     Unavailable(String),
 }
 
 /// A presence record left by a node: the channel and the connection.
-pub type PresenceRecord = (String, PresenceEntry);
+pub(crate) type PresenceRecord = (String, PresenceEntry);
 
 /// The cluster's shared records.
-pub trait Registry: Send + Sync + 'static {
+pub(crate) trait Registry: Send + Sync + 'static {
     /// Renews this node's lease for `lease`.
     fn heartbeat(&self, node: &str, lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>>;
     /// Nodes whose lease has not expired.
@@ -59,7 +59,7 @@ pub trait Registry: Send + Sync + 'static {
 
 /// The registry of a single node on the in-memory bus: it is the whole cluster.
 #[derive(Default)]
-pub struct MemoryRegistry {
+pub(crate) struct MemoryRegistry {
     node: Mutex<Option<String>>,
     users: Mutex<HashMap<String, usize>>,
 }

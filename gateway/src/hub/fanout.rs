@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::{Channel, Hub, State, Subscriber};
 use crate::broker::BusMessage;
 use crate::history::Page;
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics, RecoveryResult};
 use crate::outbox::{OutFrame, Outbox, PushError};
 use crate::protocol::{self, ServerFrame};
 
@@ -34,7 +34,7 @@ enum Recipients {
 
 /// A bus event decoded once, with the frame every recipient gets.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     recipients: Recipients,
     offset: Option<u64>,
     epoch: Option<String>,
@@ -44,7 +44,7 @@ pub struct Delivery {
 
 impl Delivery {
     /// Decodes a bus message and encodes its client frame.
-    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+    pub(crate) fn decode(payload: &[u8]) -> Result<Self, WireError> {
         let envelope = Envelope::decode(payload)?;
         let recipients = match envelope.target()? {
             Target::Channel(name) => Recipients::Channel(name.to_owned()),
@@ -64,22 +64,22 @@ impl Delivery {
     }
 
     /// When the event was published.
-    pub fn published_at(&self) -> Option<SystemTime> {
+    pub(crate) fn published_at(&self) -> Option<SystemTime> {
         self.frame.published_at()
     }
 
     /// The client frame.
-    pub fn frame(&self) -> &OutFrame {
+    pub(crate) fn frame(&self) -> &OutFrame {
         &self.frame
     }
 
     /// The event's offset, on history channels.
-    pub fn offset(&self) -> Option<u64> {
+    pub(crate) fn offset(&self) -> Option<u64> {
         self.offset
     }
 
     /// Whether the event must skip this connection.
-    pub fn excludes(&self, client_id: &str) -> bool {
+    pub(crate) fn excludes(&self, client_id: &str) -> bool {
         self.exclude.as_deref() == Some(client_id)
     }
 }
@@ -88,17 +88,11 @@ pub(super) fn push(outbox: &Outbox, frame: &OutFrame, metrics: &Metrics, client_
     match outbox.push(frame) {
         Ok(()) => {}
         Err(PushError::Overflow) => {
-            metrics
-                .messages_dropped
-                .with_label_values(&["slow_consumer"])
-                .inc();
+            metrics.dropped(Dropped::SlowConsumer);
             tracing::info!(client_id, "outbox full: closing slow consumer");
         }
         Err(PushError::Closed) => {
-            metrics
-                .messages_dropped
-                .with_label_values(&["closing"])
-                .inc();
+            metrics.dropped(Dropped::Closing);
         }
     }
 }
@@ -141,7 +135,7 @@ pub(super) fn give(
 
 impl Hub {
     /// Catches every history channel up when the bus comes back after an outage.
-    pub async fn run_bus_watch(self, mut status: watch::Receiver<bool>) {
+    pub(crate) async fn run_bus_watch(self, mut status: watch::Receiver<bool>) {
         let mut was_up = *status.borrow_and_update();
         while status.changed().await.is_ok() {
             let up = *status.borrow_and_update();
@@ -166,16 +160,13 @@ impl Hub {
     }
 
     /// Fans one bus message out to the local connections it targets.
-    pub fn dispatch(&self, message: &BusMessage) {
+    pub(crate) fn dispatch(&self, message: &BusMessage) {
         let metrics = &self.inner.metrics;
         metrics.bus_messages_received.inc();
         let delivery = match Delivery::decode(&message.payload) {
             Ok(delivery) => delivery,
             Err(error) => {
-                metrics
-                    .messages_dropped
-                    .with_label_values(&["malformed"])
-                    .inc();
+                metrics.dropped(Dropped::Malformed);
                 let seen = self.inner.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                 if seen.is_power_of_two() {
                     tracing::warn!(topic = %message.topic, %error, seen, "malformed bus messages dropped");
@@ -285,10 +276,7 @@ impl Hub {
         };
         let held = channel.catching_up.take().unwrap_or_default();
         if page.continues(since) {
-            metrics
-                .recoveries
-                .with_label_values(&["node_caught_up"])
-                .inc();
+            metrics.recovery(RecoveryResult::NodeCaughtUp);
             let mut delivered = since.clone();
             for (offset, message) in page.events {
                 match Delivery::decode(&message) {
@@ -302,7 +290,7 @@ impl Hub {
             delivered.epoch = page.top.epoch.clone();
             channel.delivered = Some(Box::new(delivered));
         } else {
-            metrics.recoveries.with_label_values(&["node_reload"]).inc();
+            metrics.recovery(RecoveryResult::NodeReload);
             tracing::info!(channel = %name, "history cannot fill the gap: clients must reload");
             let reload = OutFrame::reply(
                 &ServerFrame::Reload {

@@ -6,8 +6,8 @@
 //! once per node, and keeps history channels gap-free (replays, catch-up after bus loss).
 
 mod fanout;
+mod local;
 mod recovery;
-mod view;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -22,20 +22,19 @@ use publisher::wire::{
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-pub use self::fanout::Delivery;
-pub use self::recovery::Recovery;
-pub use self::view::{ClientFilter, ClientInfo, PresenceEntry, Selector};
+pub(crate) use self::fanout::Delivery;
+pub(crate) use self::recovery::Recovery;
 use crate::broker::{Broker, BrokerError};
 use crate::history::{History, HistoryError, Policies, Published};
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
 use crate::outbox::{OutFrame, Outbox};
-use crate::protocol::{CloseCode, ServerFrame};
+use crate::protocol::{ClientError, CloseCode, ErrorCode, ServerFrame};
 
 /// A connection's id, unique across the cluster.
-pub type ClientId = Arc<str>;
+pub(crate) type ClientId = Arc<str>;
 
 /// A connection as the hub knows it.
-pub struct Connection {
+pub(crate) struct Connection {
     /// The connection's id.
     pub client_id: ClientId,
     /// The authenticated user.
@@ -48,7 +47,7 @@ pub struct Connection {
 
 /// Why the hub refused a subscription or a publish.
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     /// The connection is not (or no longer) in the hub.
     #[error("connection is closed")]
     UnknownClient,
@@ -61,6 +60,30 @@ pub enum HubError {
     /// The history store failed.
     #[error(transparent)]
     History(#[from] HistoryError),
+}
+
+impl HubError {
+    /// Whether the node's backends failed, rather than the request being refused.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Broker(_) | Self::History(_))
+    }
+}
+
+/// What a client is told of a hub error; the cause of a backend failure is logged, not sent.
+impl From<&HubError> for ClientError {
+    fn from(error: &HubError) -> Self {
+        match error {
+            HubError::UnknownClient => Self::new(ErrorCode::Internal, "connection is closing"),
+            HubError::LimitExceeded(_) => Self::new(ErrorCode::LimitExceeded, error.to_string()),
+            HubError::Broker(_) | HubError::History(_) => {
+                tracing::warn!(%error, "request failed on the bus or history");
+                Self::new(
+                    ErrorCode::Internal,
+                    "the bus or history is unavailable; try again",
+                )
+            }
+        }
+    }
 }
 
 /// How a bus subscription stands.
@@ -172,13 +195,13 @@ struct Inner {
 
 /// The hub; cheap to clone.
 #[derive(Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
 impl Hub {
     /// A hub over `broker` and `history`, naming bus topics with `topics`.
-    pub fn new(
+    pub(crate) fn new(
         broker: Arc<dyn Broker>,
         history: Arc<dyn History>,
         policies: Policies,
@@ -209,20 +232,19 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The history store.
-    pub fn history(&self) -> &dyn History {
-        self.inner.history.as_ref()
-    }
-
     /// Whether a channel's namespace keeps history.
-    pub fn keeps_history(&self, channel: &ChannelName) -> bool {
+    pub(crate) fn keeps_history(&self, channel: &ChannelName) -> bool {
         self.inner.policies.of(channel).is_some()
     }
 
     /// Adds a connection and subscribes it to its user's personal channel, its client type
     /// and broadcasts, waiting until the bus confirms them all; with `replay`, the personal
     /// channel holds events back until [`Hub::finish_replay`].
-    pub async fn connect(&self, connection: Connection, replay: bool) -> Result<(), HubError> {
+    pub(crate) async fn connect(
+        &self,
+        connection: Connection,
+        replay: bool,
+    ) -> Result<(), HubError> {
         let personal = ChannelName::personal(&connection.user_id);
         let client_id = Arc::clone(&connection.client_id);
         let (broadcast, client_type) = {
@@ -260,7 +282,7 @@ impl Hub {
     }
 
     /// Removes a connection and every subscription it had; returns the channels it was on.
-    pub fn disconnect(&self, client_id: &str) -> Vec<ChannelName> {
+    pub(crate) fn disconnect(&self, client_id: &str) -> Vec<ChannelName> {
         let mut state = self.state();
         let Some(session) = state.sessions.remove(client_id) else {
             return Vec::new();
@@ -288,7 +310,7 @@ impl Hub {
     /// Subscribes a connection to a channel, waiting until the bus confirms; `Ok(false)` if it
     /// already was. `max_channels` counts the channels the client asked for, not its personal
     /// channel. With `replay`, events are held back for it until [`Hub::finish_replay`].
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         client_id: &str,
         channel: &ChannelName,
@@ -394,7 +416,7 @@ impl Hub {
     }
 
     /// Unsubscribes a connection from a channel; `false` if it was not subscribed.
-    pub fn unsubscribe(&self, client_id: &str, channel: &ChannelName) -> bool {
+    pub(crate) fn unsubscribe(&self, client_id: &str, channel: &ChannelName) -> bool {
         let mut state = self.state();
         let removed = state
             .sessions
@@ -408,7 +430,7 @@ impl Hub {
     }
 
     /// Sets a connection's display name, shown in the clients list.
-    pub fn set_client_name(&self, client_id: &str, name: Option<String>) {
+    pub(crate) fn set_client_name(&self, client_id: &str, name: Option<String>) {
         if let Some(session) = self.state().sessions.get_mut(client_id) {
             session.client_name = name;
         }
@@ -418,7 +440,7 @@ impl Hub {
     /// the bus confirms the new one, so that its events reach the connection from then on.
     /// Where the bus refuses, the connection is left without a client type, as a refused
     /// subscription leaves it off the channel.
-    pub async fn set_client_type(
+    pub(crate) async fn set_client_type(
         &self,
         client_id: &str,
         client_type: ClientType,
@@ -529,7 +551,7 @@ impl Hub {
 
     /// Publishes an event through the bus to every node: channel events go through history
     /// (offsets, idempotency) where their namespace keeps it or a key is given.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         target: Target<'_>,
         event: &EventName,
@@ -580,17 +602,14 @@ impl Hub {
         if result.is_err() {
             // Events that could not reach the bus are lost to every subscriber: count them.
             metrics.bus_publish_errors.inc();
-            metrics
-                .messages_dropped
-                .with_label_values(&["bus_unavailable"])
-                .inc();
+            metrics.dropped(Dropped::BusUnavailable);
         }
         result
     }
 
     /// Tells every connection to reconnect elsewhere after a jittered delay of at most
     /// `reconnect_max`, then closes it with 4200. Returns how many were told.
-    pub fn drain(&self, reconnect_max: Duration) -> usize {
+    pub(crate) fn drain(&self, reconnect_max: Duration) -> usize {
         let state = self.state();
         let max_ms = u64::try_from(reconnect_max.as_millis()).unwrap_or(u64::MAX);
         for session in state.sessions.values() {
@@ -610,13 +629,13 @@ impl Hub {
     }
 
     /// Waits until no connection is left.
-    pub async fn wait_empty(&self) {
+    pub(crate) async fn wait_empty(&self) {
         let mut count = self.inner.session_count.subscribe();
         let _ = count.wait_for(|n| *n == 0).await;
     }
 
     /// Connections on this node.
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.state().sessions.len()
     }
 }

@@ -22,7 +22,7 @@ use crate::history::{HistoryError, Page};
 
 /// What a (re)subscription to a history channel found.
 #[derive(Debug, Default)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// The events after the client's position, when it recovers; empty otherwise.
     pub replayed: Vec<Delivery>,
     /// The channel's position, when history could be read.
@@ -121,7 +121,7 @@ impl Hub {
 
     /// Reads what `client_id`, subscribed to `channel` and holding its events, missed since
     /// `since`; without `since`, just the position.
-    pub async fn recover(
+    pub(crate) async fn recover(
         &self,
         client_id: &str,
         channel: &ChannelName,
@@ -175,7 +175,12 @@ impl Hub {
 
     /// Ends a subscriber's recovery: gives it the replayed events, then those held for it
     /// that came after the position it was told.
-    pub fn finish_replay(&self, client_id: &str, channel: &ChannelName, recovery: &Recovery) {
+    pub(crate) fn finish_replay(
+        &self,
+        client_id: &str,
+        channel: &ChannelName,
+        recovery: &Recovery,
+    ) {
         let metrics = &self.inner.metrics;
         let top = recovery.top.clone().unwrap_or(Position {
             offset: 0,
@@ -219,7 +224,7 @@ impl Hub {
     /// A channel's stored events as client frames, and its position; `None` where the
     /// namespace keeps no history. With `since` in the channel's epoch (`epoch`, or the current
     /// one when not given), the first `limit` events after it; otherwise the last `limit`.
-    pub async fn history_page(
+    pub(crate) async fn history_page(
         &self,
         channel: &ChannelName,
         since: Option<u64>,

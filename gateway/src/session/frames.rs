@@ -6,10 +6,11 @@ use std::sync::Arc;
 use publisher::wire::{ChannelName, ClientType, EventName, Position, Target};
 use serde_json::value::RawValue;
 
-use super::{Ending, Session};
+use super::Session;
 use crate::access::{self, Grant};
 use crate::hub::HubError;
-use crate::protocol::{ClientFrame, ErrorCode, Rejection, RequestId, ServerFrame};
+use crate::metrics::RecoveryResult;
+use crate::protocol::{ClientError, ClientFrame, ErrorCode, Rejection, RequestId, ServerFrame};
 
 impl Session {
     fn grant(&self) -> Grant<'_> {
@@ -19,11 +20,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn handle(
-        &mut self,
-        id: Option<RequestId>,
-        frame: ClientFrame,
-    ) -> Option<Ending> {
+    pub(super) async fn handle(&mut self, id: Option<RequestId>, frame: ClientFrame) {
         let id = id.as_deref();
         match frame {
             ClientFrame::Ping | ClientFrame::Heartbeat => self.reply(id, ServerFrame::Pong),
@@ -33,29 +30,7 @@ impl Session {
             ClientFrame::Register {
                 client_type,
                 client_name,
-            } => match ClientType::parse(&client_type) {
-                Ok(client_type) => {
-                    let name = client_name.map(|n| n.chars().take(128).collect());
-                    self.node.hub.set_client_name(&self.client_id, name);
-                    // `registered` promises the client type's events from then on.
-                    let joined = self.node.hub.set_client_type(&self.client_id, client_type);
-                    match joined.await {
-                        Ok(()) => {
-                            let client_id = Arc::clone(&self.client_id);
-                            let registered = ServerFrame::Registered {
-                                client_id: &client_id,
-                            };
-                            self.reply(id, registered);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "client type not confirmed by the bus");
-                            let message = format!("client type not set: {error}");
-                            self.reply_error(id, ErrorCode::Internal, &message);
-                        }
-                    }
-                }
-                Err(error) => self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
-            },
+            } => self.register(id, &client_type, client_name).await,
             ClientFrame::Subscribe { channels, since } => self.subscribe(id, channels, since).await,
             ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels).await,
             ClientFrame::Refresh { token } => self.refresh(id, &token),
@@ -74,7 +49,33 @@ impl Session {
                 self.publish(id, &channel, &event, data.as_deref()).await
             }
         }
-        None
+    }
+
+    /// Sets the connection's client type and display name; `registered` promises the client
+    /// type's events from then on, so it waits for the bus to confirm the subscription.
+    async fn register(
+        &mut self,
+        id: Option<&RawValue>,
+        client_type: &str,
+        client_name: Option<String>,
+    ) {
+        let client_type = match ClientType::parse(client_type) {
+            Ok(client_type) => client_type,
+            Err(error) => return self.reply_error(id, ErrorCode::BadRequest, &error.to_string()),
+        };
+        let name = client_name.map(|n| n.chars().take(128).collect());
+        let hub = &self.node.hub;
+        hub.set_client_name(&self.client_id, name);
+        match hub.set_client_type(&self.client_id, client_type).await {
+            Ok(()) => {
+                let client_id = Arc::clone(&self.client_id);
+                let registered = ServerFrame::Registered {
+                    client_id: &client_id,
+                };
+                self.reply(id, registered);
+            }
+            Err(error) => self.reply_hub_error(id, &error),
+        }
     }
 
     /// Checks a channel named by the client: its name, then whether it may subscribe.
@@ -122,13 +123,9 @@ impl Session {
                     }
                     channels.push(name);
                 }
-                Err(HubError::LimitExceeded(max)) => rejected.push(reject((
-                    ErrorCode::LimitExceeded,
-                    format!("at most {max} channels per connection"),
-                ))),
                 Err(error) => {
-                    tracing::warn!(%error, "subscription failed");
-                    rejected.push(reject((ErrorCode::Internal, error.to_string())));
+                    let ClientError { code, message } = ClientError::from(&error);
+                    rejected.push(reject((code, message)));
                 }
             }
         }
@@ -187,15 +184,11 @@ impl Session {
 
     pub(super) fn count_recovery(&self, recovered: bool) {
         let result = if recovered {
-            "recovered"
+            RecoveryResult::Recovered
         } else {
-            "not_recovered"
+            RecoveryResult::NotRecovered
         };
-        self.node
-            .metrics
-            .recoveries
-            .with_label_values(&[result])
-            .inc();
+        self.node.metrics.recovery(result);
     }
 
     async fn unsubscribe(&mut self, id: Option<&RawValue>, requested: Vec<String>) {
@@ -270,7 +263,7 @@ impl Session {
                 let message = format!("history is not kept on channel {channel}");
                 self.reply_error(id, ErrorCode::NotAvailable, &message)
             }
-            Err(error) => self.reply_error(id, ErrorCode::Internal, &error.to_string()),
+            Err(error) => self.reply_hub_error(id, &HubError::from(error)),
         }
     }
 
@@ -312,26 +305,8 @@ impl Session {
                 };
                 self.reply(id, reply);
             }
-            Err(error) => {
-                tracing::warn!(%error, "client publish failed");
-                self.reply_error(id, ErrorCode::Internal, "publish failed; try again");
-            }
+            Err(error) => self.reply_hub_error(id, &error),
         }
-    }
-}
-
-pub(super) fn frame_label(frame: &ClientFrame) -> &'static str {
-    match frame {
-        ClientFrame::Auth { .. } => "auth",
-        ClientFrame::Register { .. } => "register",
-        ClientFrame::Subscribe { .. } => "subscribe",
-        ClientFrame::Unsubscribe { .. } => "unsubscribe",
-        ClientFrame::Ping => "ping",
-        ClientFrame::Heartbeat => "heartbeat",
-        ClientFrame::Refresh { .. } => "refresh",
-        ClientFrame::History { .. } => "history",
-        ClientFrame::Presence { .. } => "presence",
-        ClientFrame::Publish { .. } => "publish",
     }
 }
 

@@ -22,12 +22,13 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
-use crate::Node;
 use crate::auth::Claims;
-use crate::hub::{ClientId, Connection, Recovery};
+use crate::hub::{ClientId, Connection, HubError, Recovery};
+use crate::metrics::{ClientClose, Refusal};
+use crate::node::Node;
 use crate::outbox::{Io, OutFrame, Outbox, SocketIo};
 use crate::protocol::{
-    ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
+    ClientError, ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
 };
 use crate::rate::{Strikes, TokenBucket};
 
@@ -49,7 +50,7 @@ enum Ending {
     /// The server closed it with a code of the contract.
     Closed(CloseCode),
     /// The client closed it, or the socket failed.
-    ByClient(&'static str),
+    ByClient(ClientClose),
 }
 
 /// A client's WebSocket, read by tungstenite over the outbox's socket.
@@ -57,7 +58,12 @@ type Socket = WebSocketStream<SocketIo>;
 
 /// Serves an upgraded connection. `claims` is `None` when the token must come in an `auth`
 /// frame; `since` is where the personal channel's history left off, when the client recovers it.
-pub async fn run(node: Arc<Node>, io: impl Io, claims: Option<Claims>, since: Option<Position>) {
+pub(crate) async fn run(
+    node: Arc<Node>,
+    io: impl Io,
+    claims: Option<Claims>,
+    since: Option<Position>,
+) {
     // Setting up and tearing down await large futures (Redis, history) that a long-lived idle
     // connection should not carry: boxed, they live on the heap only while they run.
     let Some((mut session, slot)) = Box::pin(open(node, io, claims, since)).await else {
@@ -75,15 +81,7 @@ async fn open(
     claims: Option<Claims>,
     since: Option<Position>,
 ) -> Option<(Session, bool)> {
-    let limits = &node.config.limits;
-    let outbox = Outbox::new(io, limits.outbox_max_bytes, Arc::clone(&node.metrics));
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(Some(limits.max_message_bytes))
-        .max_frame_size(Some(limits.max_message_bytes));
-    let mut socket =
-        WebSocketStream::from_raw_socket(outbox.io(), Role::Server, Some(config)).await;
+    let (outbox, mut socket) = websocket(&node, io).await;
     let (claims, since) = match claims {
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
@@ -144,20 +142,20 @@ async fn open(
     }
     node.metrics.connections_accepted.inc();
     tracing::debug!(client_id = %client_id, user_id = %claims.user_id, "connected");
+    Some((Session::new(node, client_id, claims, socket, outbox), slot))
+}
 
+/// The connection's outbox and the WebSocket read over it, with the node's frame limits.
+async fn websocket(node: &Node, io: impl Io) -> (Outbox, Socket) {
     let limits = &node.config.limits;
-    let session = Session {
-        rate: TokenBucket::new(limits.rate_limit_per_second, limits.rate_limit_burst),
-        rate_strikes: Strikes::new(RATE_STRIKES, None),
-        bad_frames: Strikes::new(BAD_FRAME_STRIKES, Some(BAD_FRAME_WINDOW)),
-        node: Arc::clone(&node),
-        client_id: Arc::clone(&client_id),
-        claims,
-        socket,
-        outbox,
-        last_seen: Instant::now(),
-    };
-    Some((session, slot))
+    let outbox = Outbox::new(io, limits.outbox_max_bytes, Arc::clone(&node.metrics));
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    let socket = WebSocketStream::from_raw_socket(outbox.io(), Role::Server, Some(config)).await;
+    (outbox, socket)
 }
 
 /// Unregisters a session that ended, and counts how.
@@ -175,12 +173,9 @@ async fn finish(session: Session, slot: bool, ending: Ending) {
     release_user_slot(node, &session.claims, slot).await;
     let label = match ending {
         Ending::Closed(code) => code.label(),
-        Ending::ByClient(label) => {
-            node.metrics
-                .disconnections
-                .with_label_values(&[label])
-                .inc();
-            label
+        Ending::ByClient(close) => {
+            node.metrics.disconnected(close.label());
+            close.label()
         }
     };
     tracing::debug!(client_id = %client_id, code = label, "disconnected");
@@ -188,10 +183,7 @@ async fn finish(session: Session, slot: bool, ending: Ending) {
 
 /// Closes a connection that never became a session, counting it.
 async fn refuse(node: &Node, socket: &mut Socket, outbox: &Outbox, code: CloseCode) {
-    node.metrics
-        .disconnections
-        .with_label_values(&[code.label()])
-        .inc();
+    node.metrics.disconnected(code.label());
     close_socket(socket, outbox, code, CLOSE_TIMEOUT).await;
     outbox.shut();
 }
@@ -212,10 +204,7 @@ async fn take_user_slot(node: &Node, claims: &Claims) -> Result<bool, CloseCode>
     {
         Ok(true) => Ok(true),
         Ok(false) => {
-            node.metrics
-                .connections_rejected
-                .with_label_values(&["user_limit"])
-                .inc();
+            node.metrics.refused(Refusal::UserLimit.label());
             tracing::debug!(user, cap, "too many connections for this user");
             Err(CloseCode::TooManyConnections)
         }
@@ -245,22 +234,19 @@ async fn first_frame_auth(
     socket: &mut Socket,
 ) -> Result<(Claims, Option<Position>), CloseCode> {
     let reject = |reason: &'static str| {
-        node.metrics
-            .connections_rejected
-            .with_label_values(&[reason])
-            .inc();
+        node.metrics.refused(reason);
         CloseCode::TokenInvalid
     };
     let message = match timeout(AUTH_TIMEOUT, socket.next()).await {
-        Err(_) => return Err(reject("auth_timeout")),
-        Ok(None | Some(Err(_))) => return Err(reject("auth_frame")),
+        Err(_) => return Err(reject(Refusal::AuthTimeout.label())),
+        Ok(None | Some(Err(_))) => return Err(reject(Refusal::AuthFrame.label())),
         Ok(Some(Ok(message))) => message,
     };
     let Message::Text(text) = message else {
-        return Err(reject("auth_frame"));
+        return Err(reject(Refusal::AuthFrame.label()));
     };
     let Ok((_, ClientFrame::Auth { token, since })) = parse_client_frame(&text) else {
-        return Err(reject("auth_frame"));
+        return Err(reject(Refusal::AuthFrame.label()));
     };
     let claims = node.auth.verify(&token).map_err(|error| {
         tracing::debug!(%error, "auth frame refused");
@@ -282,6 +268,27 @@ struct Session {
 }
 
 impl Session {
+    fn new(
+        node: Arc<Node>,
+        client_id: ClientId,
+        claims: Claims,
+        socket: Socket,
+        outbox: Outbox,
+    ) -> Self {
+        let limits = &node.config.limits;
+        Self {
+            rate: TokenBucket::new(limits.rate_limit_per_second, limits.rate_limit_burst),
+            rate_strikes: Strikes::new(RATE_STRIKES, None),
+            bad_frames: Strikes::new(BAD_FRAME_STRIKES, Some(BAD_FRAME_WINDOW)),
+            node,
+            client_id,
+            claims,
+            socket,
+            outbox,
+            last_seen: Instant::now(),
+        }
+    }
+
     async fn serve(&mut self) -> Ending {
         let heartbeat = self.node.config.heartbeat_interval;
         let mut next_ping = Instant::now() + heartbeat;
@@ -319,7 +326,7 @@ impl Session {
                             }
                         }
                         Some(Err(error)) => break ending_for_read_error(&error),
-                        None => break Ending::ByClient("1006"),
+                        None => break Ending::ByClient(ClientClose::Abnormal),
                     }
                 }
                 () = &mut timer => {
@@ -342,32 +349,33 @@ impl Session {
             }
         };
         if let Ending::Closed(code) = ending {
-            self.outbox.close(code);
-            // Counted when decided: the close handshake may take a while.
-            self.node
-                .metrics
-                .disconnections
-                .with_label_values(&[code.label()])
-                .inc();
-            let send_timeout = if code == CloseCode::SlowConsumer {
-                // A slow consumer's backlog is what we are closing it for, and its socket is
-                // full: the close frame goes out only once it reads again.
-                self.outbox.discard_backlog();
-                self.node.config.idle_timeout
-            } else {
-                // What was queued before the close (a `disconnect` notice, a last error reply)
-                // still goes out ahead of the close frame.
-                CLOSE_TIMEOUT
-            };
-            Box::pin(close_socket(
-                &mut self.socket,
-                &self.outbox,
-                code,
-                send_timeout,
-            ))
-            .await;
+            self.close(code).await;
         }
         ending
+    }
+
+    /// Closes the connection with `code`, after what was queued before it.
+    async fn close(&mut self, code: CloseCode) {
+        self.outbox.close(code);
+        // Counted when decided: the close handshake may take a while.
+        self.node.metrics.disconnected(code.label());
+        let send_timeout = if code == CloseCode::SlowConsumer {
+            // A slow consumer's backlog is what we are closing it for, and its socket is
+            // full: the close frame goes out only once it reads again.
+            self.outbox.discard_backlog();
+            self.node.config.idle_timeout
+        } else {
+            // What was queued before the close (a `disconnect` notice, a last error reply)
+            // still goes out ahead of the close frame.
+            CLOSE_TIMEOUT
+        };
+        Box::pin(close_socket(
+            &mut self.socket,
+            &self.outbox,
+            code,
+            send_timeout,
+        ))
+        .await;
     }
 
     fn expiry_deadline(&self) -> Instant {
@@ -397,11 +405,11 @@ impl Session {
                 code = closing => return Err(Ending::Closed(code)),
                 result = &mut drained => result,
                 _ = tokio::time::sleep(self.node.config.idle_timeout) => {
-                    return Err(Ending::ByClient("1006"));
+                    return Err(Ending::ByClient(ClientClose::Abnormal));
                 }
             },
         };
-        result.map_err(|_| Ending::ByClient("1006"))
+        result.map_err(|_| Ending::ByClient(ClientClose::Abnormal))
     }
 
     async fn on_message(&mut self, message: Message) -> Option<Ending> {
@@ -426,15 +434,15 @@ impl Session {
                     .flush()
                     .await
                     .err()
-                    .map(|_| Ending::ByClient("1006"));
+                    .map(|_| Ending::ByClient(ClientClose::Abnormal));
             }
             Message::Close(frame) => {
-                let label = match frame.map(|f| u16::from(f.code)) {
-                    Some(1000) | None => "1000",
-                    Some(1001) => "1001",
-                    Some(_) => "client_other",
+                let close = match frame.map(|f| u16::from(f.code)) {
+                    Some(1000) | None => ClientClose::Normal,
+                    Some(1001) => ClientClose::GoingAway,
+                    Some(_) => ClientClose::Other,
                 };
-                return Some(Ending::ByClient(label));
+                return Some(Ending::ByClient(close));
             }
         };
         if !self.admit_rate() {
@@ -443,8 +451,9 @@ impl Session {
         }
         match parse_client_frame(&text) {
             Ok((id, frame)) => {
-                self.count_frame(frames::frame_label(&frame));
-                self.handle(id, frame).await
+                self.count_frame((&frame).into());
+                self.handle(id, frame).await;
+                None
             }
             Err(error) => {
                 self.count_frame("invalid");
@@ -500,6 +509,11 @@ impl Session {
     fn reply_error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
         self.reply(id, ServerFrame::Error { code, message });
     }
+
+    fn reply_hub_error(&self, id: Option<&RawValue>, error: &HubError) {
+        let ClientError { code, message } = ClientError::from(error);
+        self.reply_error(id, code, &message);
+    }
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -512,7 +526,7 @@ fn ending_for_read_error(error: &tungstenite::Error) -> Ending {
         Error::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
             Ending::Closed(CloseCode::MessageTooBig)
         }
-        _ => Ending::ByClient("1006"),
+        _ => Ending::ByClient(ClientClose::Abnormal),
     }
 }
 
@@ -546,3 +560,6 @@ async fn close_socket(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,71 +1,19 @@
 //! What the cluster asks of a node about its own connections: lists, counts, and operator
 //! actions on connections chosen by user or client id.
 
-use serde::{Deserialize, Serialize};
+use publisher::wire::ChannelName;
 
 use super::{Hub, Session};
 use crate::outbox::OutFrame;
 use crate::protocol::{CloseCode, ServerFrame};
-use publisher::wire::ChannelName;
+use crate::view::{ClientFilter, ClientInfo, PresenceEntry, Selector};
 
-/// Connections chosen by an operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Selector {
-    /// Every connection of a user.
-    User(String),
-    /// One connection.
-    Client(String),
-}
-
-impl Selector {
-    fn matches(&self, client_id: &str, session: &Session) -> bool {
-        match self {
-            Self::User(user) => session.user_id.as_str() == user,
-            Self::Client(client) => client_id == client,
-        }
+/// Whether `selector` chooses the connection `client_id` with `session`.
+fn selects(selector: &Selector, client_id: &str, session: &Session) -> bool {
+    match selector {
+        Selector::User(user) => session.user_id.as_str() == user,
+        Selector::Client(client) => client_id == client,
     }
-}
-
-/// Filters of the clients list; every one that is set must match.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ClientFilter {
-    /// Only this user's connections.
-    pub user: Option<String>,
-    /// Only connections subscribed to this channel.
-    pub channel: Option<String>,
-    /// Only connections of this client type.
-    pub client_type: Option<String>,
-}
-
-/// One connection in the clients list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClientInfo {
-    /// The connection's id.
-    pub client_id: String,
-    /// Its user.
-    pub user_id: String,
-    /// Its client type, if registered.
-    pub client_type: Option<String>,
-    /// Its display name, if registered.
-    pub client_name: Option<String>,
-    /// The node holding it.
-    pub node_id: String,
-    /// When it connected, RFC 3339.
-    pub connected_at: String,
-    /// Its channels, the personal one included.
-    pub channels: Vec<String>,
-}
-
-/// One connection in a channel's presence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresenceEntry {
-    /// The connection's id.
-    pub client_id: String,
-    /// Its user.
-    pub user_id: String,
-    /// Its client type, if registered.
-    pub client_type: Option<String>,
 }
 
 impl Session {
@@ -80,7 +28,7 @@ impl Session {
 
 impl Hub {
     /// This node's connections that pass `filter`; `node_id` names this node.
-    pub fn local_clients(&self, filter: &ClientFilter, node_id: &str) -> Vec<ClientInfo> {
+    pub(crate) fn local_clients(&self, filter: &ClientFilter, node_id: &str) -> Vec<ClientInfo> {
         let state = self.state();
         state
             .sessions
@@ -116,12 +64,12 @@ impl Hub {
     }
 
     /// The distinct users connected to this node.
-    pub fn local_users(&self) -> Vec<String> {
+    pub(crate) fn local_users(&self) -> Vec<String> {
         self.state().users.keys().map(ToString::to_string).collect()
     }
 
     /// This node's channels with their local subscriber counts.
-    pub fn local_channels(&self) -> Vec<(String, usize)> {
+    pub(crate) fn local_channels(&self) -> Vec<(String, usize)> {
         self.state()
             .channels
             .iter()
@@ -130,7 +78,7 @@ impl Hub {
     }
 
     /// This node's subscribers of `channel`.
-    pub fn local_presence(&self, channel: &str) -> Vec<PresenceEntry> {
+    pub(crate) fn local_presence(&self, channel: &str) -> Vec<PresenceEntry> {
         let state = self.state();
         let Some(entry) = state.channels.get(channel) else {
             return Vec::new();
@@ -143,24 +91,24 @@ impl Hub {
     }
 
     /// The presence entry of one local connection.
-    pub fn presence_entry(&self, client_id: &str) -> Option<PresenceEntry> {
+    pub(crate) fn presence_entry(&self, client_id: &str) -> Option<PresenceEntry> {
         Some(self.state().sessions.get(client_id)?.presence(client_id))
     }
 
     /// Closes the selected local connections with `code`; returns how many.
-    pub fn close_where(&self, selector: &Selector, code: CloseCode) -> usize {
+    pub(crate) fn close_where(&self, selector: &Selector, code: CloseCode) -> usize {
         let state = self.state();
         state
             .sessions
             .iter()
-            .filter(|(id, s)| selector.matches(id, s))
+            .filter(|(id, s)| selects(selector, id, s))
             .filter(|(_, s)| s.outbox.close(code))
             .count()
     }
 
     /// Unsubscribes the selected local connections from `channel`, telling each with an
     /// `unsubscribed` frame; returns them (for leave events).
-    pub fn unsubscribe_where(
+    pub(crate) fn unsubscribe_where(
         &self,
         selector: &Selector,
         channel: &ChannelName,
@@ -170,7 +118,7 @@ impl Hub {
             state
                 .sessions
                 .iter()
-                .filter(|(id, s)| selector.matches(id, s) && s.channels.contains(channel))
+                .filter(|(id, s)| selects(selector, id, s) && s.channels.contains(channel))
                 .map(|(id, s)| (s.presence(id), s.outbox.clone()))
                 .collect()
         };
