@@ -1,0 +1,475 @@
+/**
+ * Real processes for the end-to-end and browser tests: a throwaway `redis-server`, gateway
+ * replicas (the Rust binary) and nginx in front of them, each on free loopback ports, killed
+ * when the test ends — and when the test process exits, however it exits.
+ *
+ *   const cluster = await Cluster.start({ replicas: 2, toml });
+ *   cluster.url                      // ws://127.0.0.1:<nginx>/ws
+ *   await cluster.publish({ channel: "jobs", event: "job_progress", data: {…} });
+ *   cluster.replica(nodeId).kill()   // SIGKILL
+ *   await cluster.stop();
+ */
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** clients/js, from build/test/harness.js. */
+export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const REPO_DIR = resolve(PACKAGE_DIR, "../..");
+
+export const JWT_SECRET = "js-e2e-secret-" + randomBytes(8).toString("hex");
+export const API_KEY = "js-e2e-key-" + randomBytes(8).toString("hex");
+
+/** Namespaces that keep history, as most tests need. */
+export const HISTORY_TOML = `
+[namespaces.default]
+subscribe = "public"
+history_size = 1000
+history_ttl = "10m"
+[namespaces.personal]
+history_size = 1000
+history_ttl = "10m"
+[namespaces.short]
+subscribe = "public"
+history_size = 3
+history_ttl = "10m"
+[namespaces.room]
+subscribe = "public"
+client_publish = true
+history_size = 100
+history_ttl = "10m"
+`;
+
+const children = new Set<ChildProcess>();
+
+function killAll(): void {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  }
+}
+process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Waits until `check` returns true, polling; throws with `what` after `timeoutMs`. */
+export async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function base64url(data: string | Buffer): string {
+  return Buffer.from(data).toString("base64url");
+}
+
+/** An HS256 JWT for `sub`, expiring `ttlSeconds` from now (negative: already expired). */
+export function signToken(sub: string, ttlSeconds = 3600, secret = JWT_SECRET, extra: Record<string, unknown> = {}): string {
+  const header = base64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const payload = base64url(JSON.stringify({ sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds, ...extra }));
+  const signature = createHmac("sha256", secret).update(`${header}.${payload}`).digest("base64url");
+  return `${header}.${payload}.${signature}`;
+}
+
+function tempDir(name: string): string {
+  return mkdtempSync(join(tmpdir(), `gw-js-${name}-`));
+}
+
+function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  return child;
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once("exit", () => resolve()));
+}
+
+function tail(path: string, lines = 40): string {
+  try {
+    return readFileSync(path, "utf8").split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+async function redisPing(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(500, () => done(false));
+    socket.once("error", () => done(false));
+    socket.connect(port, "127.0.0.1", () => socket.write("PING\r\n"));
+    socket.once("data", (data) => done(data.toString().startsWith("+PONG")));
+  });
+}
+
+export class TestRedis {
+  private constructor(
+    readonly port: number,
+    private readonly child: ChildProcess,
+    readonly dir: string,
+  ) {}
+
+  static async start(): Promise<TestRedis> {
+    const port = await freePort();
+    const dir = tempDir("redis");
+    const child = track(
+      spawn(
+        "redis-server",
+        ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", join(dir, "redis.log")],
+        { stdio: "ignore" },
+      ),
+    );
+    const redis = new TestRedis(port, child, dir);
+    await waitFor(`redis-server on port ${port}`, () => redisPing(port), 10_000);
+    return redis;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.child.kill("SIGKILL");
+    await exited(this.child);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function gatewayBinary(): string {
+  const binary = process.env["GATEWAY_BIN"] ?? join(REPO_DIR, "target/debug/gateway");
+  if (!existsSync(binary)) {
+    throw new Error(`no gateway binary at ${binary}: run \`cargo build -p gateway\` or set GATEWAY_BIN`);
+  }
+  return binary;
+}
+
+export interface GatewayOptions {
+  redisUrl: string;
+  nodeId: string;
+  toml?: string;
+  env?: Record<string, string>;
+}
+
+export class TestGateway {
+  private constructor(
+    readonly nodeId: string,
+    readonly port: number,
+    readonly adminPort: number,
+    private readonly child: ChildProcess,
+    readonly dir: string,
+  ) {}
+
+  static async start(options: GatewayOptions): Promise<TestGateway> {
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      const adminPort = await freePort();
+      const dir = tempDir(`gateway-${options.nodeId}`);
+      const config = join(dir, "gateway.toml");
+      writeFileSync(config, options.toml ?? HISTORY_TOML);
+      const log = openSync(join(dir, "gateway.log"), "a");
+      const child = track(
+        spawn(gatewayBinary(), [], {
+          stdio: ["ignore", log, log],
+          env: {
+            PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+            GATEWAY_LISTEN: `127.0.0.1:${port}`,
+            GATEWAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+            GATEWAY_REDIS_URL: options.redisUrl,
+            GATEWAY_JWT_SECRET: JWT_SECRET,
+            GATEWAY_API_KEY: API_KEY,
+            GATEWAY_NODE_ID: options.nodeId,
+            GATEWAY_CONFIG: config,
+            GATEWAY_LOG: process.env["E2E_GATEWAY_LOG"] ?? "info",
+            ...options.env,
+          },
+        }),
+      );
+      const gateway = new TestGateway(options.nodeId, port, adminPort, child, dir);
+      try {
+        await waitFor(
+          `gateway ${options.nodeId} ready`,
+          async () => {
+            if (child.exitCode !== null) throw new Error(`gateway ${options.nodeId} exited with ${child.exitCode}`);
+            return (await gateway.ready()) === 200;
+          },
+          30_000,
+        );
+        return gateway;
+      } catch (error) {
+        child.kill("SIGKILL");
+        await exited(child);
+        const logText = tail(join(dir, "gateway.log"));
+        if (attempt < 3 && /in use|AddrInUse/.test(logText)) continue;
+        throw new Error(`${String(error)}\n${logText}`, { cause: error });
+      }
+    }
+  }
+
+  get adminUrl(): string {
+    return `http://127.0.0.1:${this.adminPort}`;
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  async ready(): Promise<number> {
+    try {
+      const response = await fetch(`${this.adminUrl}/readyz`, { signal: AbortSignal.timeout(2000) });
+      await response.arrayBuffer();
+      return response.status;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Sends `signal`; SIGKILL and SIGSTOP take effect at once. */
+  signal(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+
+  /** SIGKILL, and waits until the process is gone. */
+  async kill(): Promise<void> {
+    this.child.kill("SIGKILL");
+    await exited(this.child);
+  }
+
+  /** Waits for the process to exit by itself (e.g. after SIGTERM); its exit code. */
+  async exited(timeoutMs = 30_000): Promise<number | null> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([exited(this.child), new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+    clearTimeout(timer);
+    return this.child.exitCode;
+  }
+
+  log(): string {
+    return tail(join(this.dir, "gateway.log"), 60);
+  }
+
+  async stop(): Promise<void> {
+    await this.kill();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export class TestNginx {
+  private constructor(
+    readonly port: number,
+    private readonly child: ChildProcess,
+    readonly dir: string,
+  ) {}
+
+  /** nginx on a free port: `/ws` to the gateways, `/` the files of `staticRoot` (if given). */
+  static async start(upstreams: number[], staticRoot?: string): Promise<TestNginx> {
+    const port = await freePort();
+    const dir = tempDir("nginx");
+    const servers = upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=1s;`).join("\n");
+    const root = staticRoot
+      ? `    location / {\n      root ${staticRoot};\n      try_files $uri /index.html;\n    }`
+      : "";
+    const conf = `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  include /etc/nginx/mime.types;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  upstream gateways {
+    least_conn;
+${servers}
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location /ws {
+      proxy_pass http://gateways;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+      # A draining replica answers upgrades with 503: try the other one.
+      proxy_next_upstream error timeout http_502 http_503;
+    }
+    location = /healthz {
+      proxy_pass http://gateways;
+    }
+${root}
+  }
+}
+`;
+    writeFileSync(join(dir, "nginx.conf"), conf);
+    const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
+    const child = track(spawn(nginx, ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: ["ignore", "ignore", "pipe"] }));
+    let stderr = "";
+    child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const proxy = new TestNginx(port, child, dir);
+    try {
+      await waitFor(
+        `nginx on port ${port}`,
+        async () => {
+          if (child.exitCode !== null) throw new Error(`nginx exited with ${child.exitCode}: ${stderr}`);
+          try {
+            const response = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) });
+            await response.arrayBuffer();
+            return response.status === 200;
+          } catch {
+            return false;
+          }
+        },
+        15_000,
+      );
+    } catch (error) {
+      child.kill("SIGKILL");
+      throw new Error(`${String(error)}\n${stderr}\n${tail(join(dir, "error.log"))}`, { cause: error });
+    }
+    return proxy;
+  }
+
+  async stop(): Promise<void> {
+    this.child.kill("SIGKILL");
+    await exited(this.child);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export type PublishBody = Record<string, unknown> & { event: string };
+
+export interface ClusterOptions {
+  replicas?: number;
+  toml?: string;
+  env?: Record<string, string>;
+  staticRoot?: string;
+}
+
+/** Redis, gateway replicas `gw-a`, `gw-b`, … and nginx in front of them. */
+export class Cluster {
+  private constructor(
+    readonly redis: TestRedis,
+    readonly replicas: TestGateway[],
+    readonly nginx: TestNginx,
+  ) {}
+
+  static async start(options: ClusterOptions = {}): Promise<Cluster> {
+    const redis = await TestRedis.start();
+    const replicas: TestGateway[] = [];
+    try {
+      const count = options.replicas ?? 2;
+      for (let i = 0; i < count; i++) {
+        const gatewayOptions: GatewayOptions = { redisUrl: redis.url, nodeId: `gw-${String.fromCharCode(97 + i)}` };
+        if (options.toml !== undefined) gatewayOptions.toml = options.toml;
+        if (options.env !== undefined) gatewayOptions.env = options.env;
+        replicas.push(await TestGateway.start(gatewayOptions));
+      }
+      const nginx = await TestNginx.start(
+        replicas.map((r) => r.port),
+        options.staticRoot,
+      );
+      return new Cluster(redis, replicas, nginx);
+    } catch (error) {
+      await Promise.all(replicas.map((r) => r.stop()));
+      await redis.stop();
+      throw error;
+    }
+  }
+
+  /** `ws://127.0.0.1:<nginx>/ws` */
+  get url(): string {
+    return `ws://127.0.0.1:${this.nginx.port}/ws`;
+  }
+
+  /** `http://127.0.0.1:<nginx>` */
+  get httpUrl(): string {
+    return `http://127.0.0.1:${this.nginx.port}`;
+  }
+
+  replica(nodeId: string | undefined): TestGateway {
+    const replica = this.replicas.find((r) => r.nodeId === nodeId);
+    if (!replica) throw new Error(`no replica ${String(nodeId)}`);
+    return replica;
+  }
+
+  /**
+   * Publishes through the admin API of the first live replica that answers, trying the others
+   * on failure until `timeoutMs`; give an `idempotency_key` so that a retry after a lost answer
+   * cannot publish twice.
+   */
+  async publish(body: PublishBody, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    let lastError = "";
+    for (let round = 0; Date.now() < deadline; round++) {
+      for (const replica of this.replicas) {
+        if (!replica.alive) continue;
+        try {
+          const response = await fetch(`${replica.adminUrl}/api/publish`, {
+            method: "POST",
+            headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+            body: JSON.stringify(body),
+            signal: AbortSignal.timeout(3000),
+          });
+          const text = await response.text();
+          if (response.ok) return JSON.parse(text) as Record<string, unknown>;
+          lastError = `${response.status} ${text}`;
+          if (response.status === 400 || response.status === 401) throw new Error(`publish refused: ${lastError}`);
+        } catch (error) {
+          if (String(error).includes("publish refused")) throw error;
+          lastError = String(error);
+        }
+      }
+      await sleep(Math.min(50 * (round + 1), 250));
+    }
+    throw new Error(`publish failed on every replica: ${lastError}`);
+  }
+
+  logs(): string {
+    return this.replicas.map((r) => `--- ${r.nodeId} ---\n${r.log()}`).join("\n");
+  }
+
+  async stop(): Promise<void> {
+    await this.nginx.stop();
+    await Promise.all(this.replicas.map((r) => r.stop()));
+    await this.redis.stop();
+  }
+}
