@@ -191,6 +191,19 @@ impl Socket {
         Ok(written)
     }
 
+    /// Writes as much of the backlog as the socket takes now, without a waker: whoever calls
+    /// it must wake the session if a backlog is left.
+    fn try_drain(&mut self, metrics: &Metrics) -> io::Result<()> {
+        if self.held {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match unbudgeted(|| self.poll_drain(&mut cx, metrics)) {
+            Poll::Ready(Err(error)) => Err(error),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+        }
+    }
+
     fn enqueue(&mut self, queued: Queued, metrics: &Metrics) {
         let len = queued.bytes.len();
         self.backlog_bytes += len;
@@ -380,6 +393,7 @@ impl Outbox {
         // Corked, an idle socket's frame is written when the round ends; until then, later
         // frames queue behind this one, and nobody needs waking.
         let corked = socket.is_idle() && cork(self);
+        let mut polled_without_waker = false;
         if !corked && socket.is_idle() {
             // The session is not waiting on this socket's writability while it has no
             // backlog, so no waker is needed here; a backlog wakes the session below.
@@ -409,14 +423,23 @@ impl Outbox {
                 }
             }
         } else if !corked && socket.backlog_bytes + frame.wire.len() > shared.limit {
-            drop(socket);
-            return if self.close(CloseCode::SlowConsumer) {
-                Err(PushError::Overflow)
-            } else {
-                Err(PushError::Closed)
-            };
+            // The backlog may be a corked round's, not yet offered to the socket: only what
+            // the socket will not take now makes a slow consumer.
+            let drained = socket.try_drain(metrics);
+            polled_without_waker = true;
+            if drained.is_err() || socket.backlog_bytes + frame.wire.len() > shared.limit {
+                drop(socket);
+                return if drained.is_ok() && self.close(CloseCode::SlowConsumer) {
+                    Err(PushError::Overflow)
+                } else {
+                    shared.backlog.notify_one();
+                    Err(PushError::Closed)
+                };
+            }
         }
-        let wake = !corked && socket.backlog.is_empty() && !socket.held;
+        // Woken for a backlog that starts now, or one a drain above left (it polled the socket
+        // without the session's waker).
+        let wake = !corked && !socket.held && (socket.backlog.is_empty() || polled_without_waker);
         socket.enqueue(
             Queued {
                 bytes: rest,
