@@ -23,10 +23,12 @@
 
 mod access;
 mod admin;
+mod admission;
 mod auth;
 pub mod broker;
 mod cluster;
 pub mod config;
+mod fallback;
 pub mod history;
 mod hub;
 mod metrics;

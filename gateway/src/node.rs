@@ -62,6 +62,13 @@ impl Node {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Whether a browser from `origin` may connect (`GATEWAY_ALLOWED_ORIGINS`; empty allows any).
+    pub(crate) fn origin_allowed(&self, origin: &str) -> bool {
+        let allowed = &self.config.allowed_origins;
+        let origin = origin.trim_end_matches('/');
+        allowed.is_empty() || allowed.iter().any(|a| a == origin || a == "*")
+    }
+
     /// Whether the bus is connected.
     pub(crate) fn bus_up(&self) -> bool {
         *self.bus_status.borrow()

@@ -3,6 +3,7 @@
 //! Every frame is a JSON text frame. Client frames may carry an `id` (number or string) that the
 //! reply echoes. Event frames are encoded here once per node and shared by every recipient.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
@@ -140,6 +141,35 @@ impl ClientError {
             code,
             message: message.into(),
         }
+    }
+}
+
+/// An HTTP refusal, answered with [`http_error`]; small enough to return in a `Result`.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+}
+
+impl HttpError {
+    /// A refusal with `status`, an error `code` and a message for the caller's developer.
+    pub(crate) fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        http_error(self.status, &self.code, &self.message)
     }
 }
 

@@ -11,15 +11,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use publisher::wire::Position;
 
-use crate::metrics::Refusal;
 use crate::node::Node;
 use crate::protocol::http_error;
 use crate::session;
+use crate::view::Transport;
+use crate::{admission, fallback};
 
 /// Routes of the public listener.
 pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
+        .route("/sse", get(fallback::sse).options(fallback::preflight))
+        .route("/poll", get(fallback::poll).options(fallback::preflight))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(node)
 }
@@ -35,40 +38,9 @@ async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal,
     };
-    let reject = |status, reason: &'static str, message: &str| {
-        node.metrics.refused(reason);
-        http_error(status, reason, message)
-    };
-    if node.is_draining() {
-        return reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::Draining.label(),
-            "node is shutting down; connect to another",
-        );
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &node.config.allowed_origins;
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin || a == "*") {
-            return reject(
-                StatusCode::FORBIDDEN,
-                Refusal::Origin.label(),
-                "origin not allowed",
-            );
-        }
-    }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token = query.get("token").map(String::as_str).or(bearer);
-    let claims = match token.map(|t| node.auth.verify(t.trim())) {
-        None => None,
-        Some(Ok(claims)) => Some(claims),
-        Some(Err(error)) => {
-            tracing::debug!(%error, "token refused");
-            return reject(StatusCode::UNAUTHORIZED, error.reason(), &error.to_string());
-        }
+    let claims = match admission::admit(&node, &headers, query.get("token").map(String::as_str)) {
+        Ok(claims) => claims,
+        Err(refusal) => return refusal.into_response(),
     };
     let since = match personal_since(&query) {
         Ok(since) => since,
@@ -79,7 +51,8 @@ async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                session::run(node, hyper_util::rt::TokioIo::new(upgraded), claims, since).await
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                session::run(node, io, claims, since, Transport::Websocket).await
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }

@@ -25,6 +25,19 @@ pub(crate) struct ClientFilter {
     pub client_type: Option<String>,
 }
 
+/// How a connection reaches its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Transport {
+    /// A WebSocket (`/ws`).
+    #[default]
+    Websocket,
+    /// A Server-Sent Events stream (`/sse`).
+    Sse,
+    /// A long poll (`/poll`), one request at a time.
+    Poll,
+}
+
 /// One connection in the clients list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ClientInfo {
@@ -42,6 +55,9 @@ pub(crate) struct ClientInfo {
     pub connected_at: String,
     /// Its channels, the personal one included.
     pub channels: Vec<String>,
+    /// How it reaches its client (absent from nodes that predate the fallback transports).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 /// One connection in a channel's presence.

@@ -59,6 +59,7 @@ impl Hub {
                 node_id: node_id.to_owned(),
                 connected_at: humantime::format_rfc3339_millis(s.connected_at).to_string(),
                 channels: s.channels.iter().map(ToString::to_string).collect(),
+                transport: s.transport,
             })
             .collect()
     }

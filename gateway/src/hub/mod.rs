@@ -29,6 +29,7 @@ use crate::history::{History, HistoryError, Policies, Published};
 use crate::metrics::{Dropped, Metrics};
 use crate::outbox::{OutFrame, Outbox};
 use crate::protocol::{ClientError, CloseCode, ErrorCode, ServerFrame};
+use crate::view::Transport;
 
 /// A connection's id, unique across the cluster.
 pub(crate) type ClientId = Arc<str>;
@@ -43,6 +44,8 @@ pub(crate) struct Connection {
     pub client_type: Option<ClientType>,
     /// Where its frames go.
     pub outbox: Outbox,
+    /// How it reaches its client.
+    pub transport: Transport,
 }
 
 /// Why the hub refused a subscription or a publish.
@@ -156,6 +159,7 @@ struct Session {
     connected_at: std::time::SystemTime,
     outbox: Outbox,
     channels: HashSet<ChannelName>,
+    transport: Transport,
 }
 
 /// The local connections of one client type, and its bus subscription.
@@ -268,6 +272,7 @@ impl Hub {
                     connected_at: std::time::SystemTime::now(),
                     outbox: connection.outbox,
                     channels: HashSet::new(),
+                    transport: connection.transport,
                 },
             );
             self.update_gauges(&state);
@@ -649,3 +654,6 @@ fn personal_channel(name: &str) -> Option<ChannelName> {
 fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;

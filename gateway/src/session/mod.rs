@@ -31,6 +31,7 @@ use crate::protocol::{
     ClientError, ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
 };
 use crate::rate::{Strikes, TokenBucket};
+use crate::view::Transport;
 
 /// How long a connection opened without a token has to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,10 +64,11 @@ pub(crate) async fn run(
     io: impl Io,
     claims: Option<Claims>,
     since: Option<Position>,
+    transport: Transport,
 ) {
     // Setting up and tearing down await large futures (Redis, history) that a long-lived idle
     // connection should not carry: boxed, they live on the heap only while they run.
-    let Some((mut session, slot)) = Box::pin(open(node, io, claims, since)).await else {
+    let Some((mut session, slot)) = Box::pin(open(node, io, claims, since, transport)).await else {
         return;
     };
     let ending = session.serve().await;
@@ -80,6 +82,7 @@ async fn open(
     io: impl Io,
     claims: Option<Claims>,
     since: Option<Position>,
+    transport: Transport,
 ) -> Option<(Session, bool)> {
     let (outbox, mut socket) = websocket(&node, io).await;
     let (claims, since) = match claims {
@@ -98,6 +101,7 @@ async fn open(
         user_id: claims.user_id.clone(),
         client_type: claims.client_type.clone(),
         outbox: outbox.clone(),
+        transport,
     };
     let slot = match take_user_slot(&node, &claims).await {
         Ok(slot) => slot,
