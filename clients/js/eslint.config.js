@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/", "build/", "examples/gallery/dist/", "node_modules/"] },
+  { ignores: ["dist/", "build/", "examples/gallery/dist/", "examples/gallery/dist-dev/", "node_modules/"] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {
@@ -27,5 +27,9 @@ export default tseslint.config(
   {
     files: ["**/*.js", "**/*.mjs"],
     ...tseslint.configs.disableTypeChecked,
+  },
+  {
+    files: ["scripts/**/*.mjs"],
+    languageOptions: { globals: { console: "readonly", process: "readonly" } },
   },
 );

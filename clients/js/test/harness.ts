@@ -432,15 +432,15 @@ export class Cluster {
   }
 
   /**
-   * Publishes through the admin API of the first live replica that answers, trying the others
+   * Publishes through the admin API of the first live replica (of `via`) that answers, trying the others
    * on failure until `timeoutMs`; give an `idempotency_key` so that a retry after a lost answer
    * cannot publish twice.
    */
-  async publish(body: PublishBody, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+  async publish(body: PublishBody, via: TestGateway[] = this.replicas, timeoutMs = 20_000): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     let lastError = "";
     for (let round = 0; Date.now() < deadline; round++) {
-      for (const replica of this.replicas) {
+      for (const replica of via) {
         if (!replica.alive) continue;
         try {
           const response = await fetch(`${replica.adminUrl}/api/publish`, {

@@ -105,4 +105,43 @@ describe("failover", () => {
     assert.notEqual(seen.nodes[1], draining.nodeId);
     assert.equal(await draining.exited(25_000), 0, "the drained replica exits 0 once its client left");
   });
+
+  it("finds a silent connection dead within two heartbeats and recovers once the node is back", { timeout: 90_000 }, async () => {
+    cluster = await Cluster.start({ env: { GATEWAY_HEARTBEAT_INTERVAL: "1s" } });
+    const c = cluster;
+    const [frozen, other] = c.replicas;
+    assert.ok(frozen && other);
+    // Straight to one replica (no balancer), so the reconnect has to wait for that node.
+    client = nodeClient({ url: `ws://127.0.0.1:${frozen.port}/ws`, token: signToken("9") });
+    const seen = record(client);
+    let subscribed = 0;
+    client.subscribe("frozen", { onSubscribed: () => subscribed++ });
+    client.connect();
+    await waitFor("subscribed", () => subscribed === 1);
+    await c.publish({ channel: "frozen", event: "tick", data: { i: 1 } });
+    await waitFor("the first event", () => seen.events.length === 1);
+
+    // The node stops answering, its socket stays open: only the heartbeat can tell.
+    frozen.signal("SIGSTOP");
+    const stoppedAt = Date.now();
+    try {
+      await waitFor("the client to give the connection up", () => client?.state !== "connected", 10_000);
+      const noticedAfter = Date.now() - stoppedAt;
+      assert.ok(noticedAfter >= 1500 && noticedAfter <= 6000, `noticed after ${noticedAfter} ms (heartbeat 1000 ms)`);
+      const lost = seen.disconnects[0];
+      assert.ok(lost);
+      assert.equal(lost.code, 1006);
+      assert.match(lost.reason, /no frame/);
+      for (let i = 2; i <= 5; i++) {
+        await c.publish({ channel: "frozen", event: "tick", data: { i }, idempotency_key: `frozen-${i}` }, [other]);
+      }
+    } finally {
+      frozen.signal("SIGCONT");
+    }
+    await waitFor("resubscribed", () => subscribed === 2, 30_000);
+    await c.publish({ channel: "frozen", event: "tick", data: { i: 6 } });
+    await waitFor("six events", () => sequence(seen.events, "tick").length >= 6, 20_000);
+    await sleep(300);
+    assert.deepEqual(sequence(seen.events, "tick", "frozen"), range(1, 6));
+  });
 });
