@@ -14,7 +14,6 @@
 //! [`wire`] defines the bus message that every publisher writes and every gateway reads; it
 //! is the one place where that format lives (`docs/redis.md` describes it for other languages).
 
-mod args;
 mod publish;
 pub mod shared;
 pub mod wire;

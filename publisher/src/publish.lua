@@ -10,8 +10,11 @@
 -- ARGV[2] message         the bus message as a JSON object, without offset and epoch
 -- ARGV[3] namespace       the channel's namespace (default, personal, or the part before ':')
 -- ARGV[4] window          how long an idempotency key is remembered, in milliseconds
--- ARGV[5] policy          optional "<size> <ttl_ms>": the namespace's policy, when the caller
---                         knows it (gateways do); otherwise it is read from KEYS[3]
+-- ARGV[5] policy          "<size> <ttl_ms>": the namespace's policy, when the caller knows it
+--                         (gateways do), or "" to read it from KEYS[3]
+--
+-- The offset and epoch go into the message by the rule of publisher::wire::with_position: its
+-- closing '}' becomes ,"offset":<offset>,"epoch":"<epoch>"}.
 --
 -- Returns {offset, epoch, duplicate}: offset 0 and epoch "" where no history is kept;
 -- duplicate 1 when the idempotency key was seen, and then nothing is published.
@@ -40,7 +43,10 @@ if size > 0 then
     redis.call('HSET', KEYS[2], 'epoch', epoch)
   end
   offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-  message = string.sub(message, 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+  if string.sub(message, -1) == '}' then
+    message = string.sub(message, 1, -2)
+  end
+  message = message .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
   redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. offset, 'm', message)
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl)

@@ -101,10 +101,13 @@ async fn publish_one(node: &Node, request: PublishRequest) -> Result<Value, ApiE
     let data = request.data.as_deref();
     let exclude = request.exclude_client.as_deref();
     let publish = |target| node.hub.publish(target, &event, data, exclude, key);
-    let failed = |error: HubError| ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: ErrorCode::Internal,
-        message: error.to_string(),
+    let failed = |error: HubError| {
+        tracing::warn!(%error, "API publish failed");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Internal,
+            message: error.public_message().into_owned(),
+        }
     };
     if let Some(names) = &request.channels {
         if names.is_empty() {
@@ -180,10 +183,13 @@ pub(super) async fn history(
         .hub
         .history_page(&channel, query.since, query.epoch.as_deref(), query.limit)
         .await
-        .map_err(|error| ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: ErrorCode::Internal,
-            message: error.to_string(),
+        .map_err(|error| {
+            tracing::warn!(%error, "API history read failed");
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: ErrorCode::Internal,
+                message: error.public_message().to_owned(),
+            }
         })?;
     match page {
         Some((events, position)) => Ok(Json(

@@ -9,6 +9,7 @@ mod fanout;
 mod recovery;
 mod view;
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -63,12 +64,23 @@ pub enum HubError {
     History(#[from] HistoryError),
 }
 
+impl HubError {
+    /// What a client or an API caller is told: no store's own words.
+    pub fn public_message(&self) -> Cow<'static, str> {
+        match self {
+            Self::Broker(error) => error.public_message().into(),
+            Self::History(error) => error.public_message().into(),
+            other => other.to_string().into(),
+        }
+    }
+}
+
 /// How a bus subscription stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum BusState {
     Pending,
     Ready,
-    Failed(String),
+    Failed(BrokerError),
 }
 
 /// Watches a bus subscription until the bus has answered it.
@@ -82,12 +94,12 @@ fn bus_failed(bus: &BusWatch) -> bool {
 /// Waits until the bus has answered a subscription: `Err` if it refused or failed.
 async fn bus_answer(mut bus: BusWatch) -> Result<(), BrokerError> {
     let state = bus
-        .wait_for(|s| *s != BusState::Pending)
+        .wait_for(|s| !matches!(s, BusState::Pending))
         .await
         .map(|s| s.clone())
-        .unwrap_or(BusState::Failed("subscription dropped".into()));
+        .unwrap_or(BusState::Failed(BrokerError::Closed));
     match state {
-        BusState::Failed(reason) => Err(BrokerError::Unavailable(reason)),
+        BusState::Failed(error) => Err(error),
         _ => Ok(()),
     }
 }
@@ -368,9 +380,9 @@ impl Hub {
         tokio::spawn(async move {
             let state = match confirm.await {
                 Ok(()) => BusState::Ready,
-                Err(e) => BusState::Failed(e.to_string()),
+                Err(e) => BusState::Failed(e),
             };
-            let ready = state == BusState::Ready;
+            let ready = matches!(state, BusState::Ready);
             let _ = tx.send(state);
             if ready {
                 confirmed(&tx);

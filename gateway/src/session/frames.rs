@@ -49,7 +49,8 @@ impl Session {
                         }
                         Err(error) => {
                             tracing::warn!(%error, "client type not confirmed by the bus");
-                            let message = format!("client type not set: {error}");
+                            let message =
+                                format!("client type not set: {}", error.public_message());
                             self.reply_error(id, ErrorCode::Internal, &message);
                         }
                     }
@@ -128,7 +129,7 @@ impl Session {
                 ))),
                 Err(error) => {
                     tracing::warn!(%error, "subscription failed");
-                    rejected.push(reject((ErrorCode::Internal, error.to_string())));
+                    rejected.push(reject((ErrorCode::Internal, error.public_message().into())));
                 }
             }
         }
@@ -270,7 +271,10 @@ impl Session {
                 let message = format!("history is not kept on channel {channel}");
                 self.reply_error(id, ErrorCode::NotAvailable, &message)
             }
-            Err(error) => self.reply_error(id, ErrorCode::Internal, &error.to_string()),
+            Err(error) => {
+                tracing::warn!(%error, "history not read");
+                self.reply_error(id, ErrorCode::Internal, error.public_message());
+            }
         }
     }
 
