@@ -48,7 +48,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::broker::{
     Broker, BrokerError, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings,
 };
-use crate::cluster::{Cluster, MemoryRegistry, RedisRegistry, Registry};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
@@ -133,13 +133,13 @@ pub async fn run(
     let topics = Topics::new(config.redis_prefix.clone());
     let policies = Policies::from_namespaces(&config.namespaces);
     let window = config.idempotency_window;
-    let (broker, history, registry): (Arc<dyn Broker>, Arc<dyn History>, Arc<dyn Registry>) =
+    let (broker, history, registry): (Arc<dyn Broker>, Arc<dyn History>, cluster::Registry) =
         match &config.redis_url {
             None => {
                 let bus = MemoryBus::new();
                 let history =
                     MemoryHistory::new(bus.clone(), topics.clone(), policies.clone(), window);
-                let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::default());
+                let registry = cluster::Registry::memory();
                 (Arc::new(bus.broker(inbox)), Arc::new(history), registry)
             }
             Some(url) => {
@@ -156,9 +156,8 @@ pub async fn run(
                     window,
                     broker.status(),
                 );
-                let registry =
-                    RedisRegistry::new(broker.connection().clone(), &config.redis_prefix);
-                (Arc::new(broker), Arc::new(history), Arc::new(registry))
+                let registry = cluster::Registry::redis(broker.connection(), &topics);
+                (Arc::new(broker), Arc::new(history), registry)
             }
         };
     let bus_status = broker.status();

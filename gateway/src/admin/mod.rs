@@ -122,10 +122,11 @@ impl From<WireError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
+        tracing::warn!(%error, "cluster call failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::Internal,
-            message: error.to_string(),
+            message: error.public_message().to_owned(),
         }
     }
 }
