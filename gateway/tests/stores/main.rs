@@ -1,8 +1,9 @@
-//! Conformance suites for the stores behind a node: the registry's
+//! Conformance suites for the stores behind a node: channel history, and the registry's
 //! leases, presence records and user slots. Every suite runs against the in-memory
 //! implementation and against Redis (a real `redis-server` per test, a unique key prefix per
 //! test), as the broker's does.
 
+mod history;
 mod registry;
 
 use std::time::Duration;
