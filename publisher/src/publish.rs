@@ -14,9 +14,8 @@ use serde_json::value::RawValue;
 
 use crate::shared::{SetupError, SharedConnection};
 use crate::wire::{
-    ChannelName, ClientType, DEFAULT_IDEMPOTENCY_WINDOW, Envelope, EventName, PUBLISH_SCRIPT,
-    Position, PublishCall, Published, Target, TopicArg, Topics, UserId, WireError,
-    namespace_policies, timestamp_now,
+    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, PublishCall, Published,
+    Target, TopicArg, Topics, UserId, WireError, namespace_policies, timestamp_now,
 };
 
 /// How often the namespaces that keep history are read again from Redis.
@@ -454,10 +453,9 @@ impl Publisher {
                 let message = &messages[*i];
                 let channel = message.channel().filter(|_| message.scripted)?;
                 message.encode_into(&mut payload);
-                // The policy is the gateways' (from `<prefix>:namespaces`).
+                // The window and the policy are the gateways' (from `<prefix>:namespaces`).
                 let call = PublishCall {
                     idempotency_key: message.event.idempotency_key.as_deref(),
-                    window: Some(DEFAULT_IDEMPOTENCY_WINDOW),
                     ..PublishCall::new(channel, &payload)
                 };
                 Some(call.invocation(&self.script, &self.topics))

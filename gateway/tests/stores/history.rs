@@ -1,5 +1,5 @@
 //! Channel history, the same from memory and from Redis: offsets, epochs, reads, trimming,
-//! expiry, idempotency.
+//! expiry, idempotency; and the idempotency window the gateways give every publisher.
 
 use std::time::Duration;
 
@@ -8,7 +8,8 @@ use gateway::broker::MemoryBus;
 use gateway::history::{
     History, HistoryError, HistoryPolicy, MemoryHistory, Page, Policies, Published, RedisHistory,
 };
-use publisher::wire::{ChannelName, Position, Topics, with_position};
+use publisher::wire::{ChannelName, IDEMPOTENCY_WINDOW_FIELD, Position, Topics, with_position};
+use publisher::{Event, Publisher};
 use tokio::sync::watch;
 
 /// A history under test, and what keeps it running.
@@ -242,3 +243,42 @@ crate::conformance!(
     a_repeated_key_is_a_duplicate_within_the_window,
     without_a_policy_nothing_is_kept,
 );
+
+/// The gateways' idempotency window holds for every publisher: the Rust one here, and those
+/// in other languages that pass the same empty window argument.
+#[tokio::test]
+async fn publishers_get_the_gateways_idempotency_window() {
+    let redis = crate::Redis::start().await;
+    let window = Duration::from_secs(1);
+    let _gateway = redis.history(room(10, WINDOW), window);
+    let namespaces = redis.topics.keys().namespaces();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while redis
+        .server
+        .cli(&["HGET", &namespaces, IDEMPOTENCY_WINDOW_FIELD])
+        .await
+        .trim()
+        != "1000"
+    {
+        assert!(tokio::time::Instant::now() < deadline, "window not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let publisher = Publisher::connect(&redis.url())
+        .unwrap()
+        .with_prefix(redis.topics.prefix());
+    let event = Event::to_channel("room:1", "e", &1)
+        .unwrap()
+        .idempotent("k");
+    let first = publisher.publish(&event).await.unwrap();
+    assert!(!first[0].duplicate);
+    let repeat = publisher.publish(&event).await.unwrap();
+    assert!(repeat[0].duplicate, "within the window");
+    assert_eq!(repeat[0].position, first[0].position);
+    tokio::time::sleep(2 * window).await;
+    let later = publisher.publish(&event).await.unwrap();
+    assert!(
+        !later[0].duplicate,
+        "the gateways' window of 1 s has passed"
+    );
+    assert_eq!(later[0].position.as_ref().unwrap().offset, 2);
+}
