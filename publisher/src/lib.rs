@@ -11,8 +11,10 @@
 //! # });
 //! ```
 //!
-//! [`wire`] defines the bus message that every publisher writes and every gateway reads; it
-//! is the one place where that format lives (`docs/redis.md` describes it for other languages).
+//! [`wire`] defines the bus message that every publisher writes and every gateway reads, and
+//! the rest of the Redis contract: topic and key names, and the publish script with its
+//! arguments. It is the one place where that contract lives (`docs/redis.md` describes it for
+//! other languages).
 
 mod publish;
 pub mod shared;
