@@ -26,7 +26,7 @@ mod admin;
 mod admission;
 mod auth;
 pub mod broker;
-mod cluster;
+pub mod cluster;
 pub mod config;
 mod fallback;
 pub mod history;
@@ -38,7 +38,7 @@ mod protocol;
 mod rate;
 mod server;
 mod session;
-mod view;
+pub mod view;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::broker::{
     Broker, BrokerError, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings,
 };
-use crate::cluster::{Cluster, MemoryRegistry, RedisRegistry, Registry};
+use crate::cluster::{Cluster, Registry};
 use crate::config::Config;
 use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
@@ -133,7 +133,7 @@ pub async fn run(
 struct Backends {
     broker: Arc<dyn Broker>,
     history: Arc<dyn History>,
-    registry: Arc<dyn Registry>,
+    registry: Registry,
 }
 
 /// Builds the node from its configuration; returns it with the bus messages it must dispatch.
@@ -184,7 +184,7 @@ fn memory_backends(
     Backends {
         broker: Arc::new(bus.broker(inbox)),
         history: Arc::new(history),
-        registry: Arc::new(MemoryRegistry::default()),
+        registry: Registry::memory(),
     }
 }
 
@@ -210,11 +210,11 @@ fn redis_backends(
         config.idempotency_window,
         broker.status(),
     );
-    let registry = RedisRegistry::new(broker.connection().clone(), &config.redis_prefix);
+    let registry = Registry::redis(broker.connection(), topics);
     Ok(Backends {
         broker: Arc::new(broker),
         history: Arc::new(history),
-        registry: Arc::new(registry),
+        registry,
     })
 }
 

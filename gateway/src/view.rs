@@ -62,7 +62,7 @@ pub(crate) struct ClientInfo {
 
 /// One connection in a channel's presence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PresenceEntry {
+pub struct PresenceEntry {
     /// The connection's id.
     pub client_id: String,
     /// Its user.

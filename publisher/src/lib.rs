@@ -11,10 +11,11 @@
 //! # });
 //! ```
 //!
-//! [`wire`] defines the bus message that every publisher writes and every gateway reads; it
-//! is the one place where that format lives (`docs/redis.md` describes it for other languages).
+//! [`wire`] defines the bus message that every publisher writes and every gateway reads, and
+//! the rest of the Redis contract: topic and key names, and the publish script with its
+//! arguments. It is the one place where that contract lives (`docs/redis.md` describes it for
+//! other languages).
 
-mod args;
 mod publish;
 pub mod shared;
 pub mod wire;

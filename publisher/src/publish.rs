@@ -9,21 +9,17 @@ use deadpool_redis::Pool;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
-use crate::args::TopicArg;
-use crate::shared::SharedConnection;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::shared::{SetupError, SharedConnection};
 use crate::wire::{
-    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
-    WireError, timestamp_now,
+    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, PublishCall, Published,
+    Target, TopicArg, Topics, UserId, WireError, namespace_policies, timestamp_now,
 };
 
 /// How often the namespaces that keep history are read again from Redis.
 const POLICY_REFRESH: Duration = Duration::from_secs(5);
-
-/// How long the gateways remember an idempotency key set by this publisher.
-const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +32,7 @@ pub enum PublishError {
     Data(#[source] serde_json::Error),
     /// The Redis URL or pool settings are invalid.
     #[error("Redis configuration: {0}")]
-    Config(String),
+    Config(#[from] SetupError),
     /// No connection could be had from the pool.
     #[error("no Redis connection: {0}")]
     Pool(#[from] deadpool_redis::PoolError),
@@ -45,7 +41,7 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
     /// Redis answered the publish script with something unexpected.
     #[error("unexpected reply to the publish script: {0}")]
-    Reply(String),
+    Reply(#[source] redis::ParsingError),
 }
 
 /// What one published message became: one per channel for channel events.
@@ -300,8 +296,7 @@ impl Publisher {
             // rediss:// needs a TLS provider; keep the process's own if it installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let pool =
-            crate::shared::pool(url, 8, Duration::from_secs(5)).map_err(PublishError::Config)?;
+        let pool = crate::shared::pool(url, 8, Duration::from_secs(5))?;
         Ok(Self::from_pool(pool))
     }
 
@@ -422,15 +417,13 @@ impl Publisher {
                 return Some(Arc::clone(&cached.names));
             }
         }
-        let policies: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(self.topics.namespaces())
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.topics.keys().namespaces())
             .query_async(connection)
             .await
             .ok()?;
         let names: Arc<HashSet<String>> = Arc::new(
-            policies
-                .into_iter()
-                .filter(|(_, policy)| !policy.starts_with("0 "))
+            namespace_policies(fields)
                 .map(|(namespace, _)| namespace)
                 .collect(),
         );
@@ -452,7 +445,6 @@ impl Publisher {
         if load {
             pipeline.load_script(&self.script).ignore();
         }
-        let window = IDEMPOTENCY_WINDOW.as_millis().to_string();
         // Each envelope is encoded here and copied into its command: one buffer for all.
         let mut payload = Vec::new();
         let invocations: Vec<redis::ScriptInvocation<'_>> = indexes
@@ -460,23 +452,13 @@ impl Publisher {
             .filter_map(|i| {
                 let message = &messages[*i];
                 let channel = message.channel().filter(|_| message.scripted)?;
-                let key = message.event.idempotency_key.as_deref();
-                let mut invocation = self.script.prepare_invoke();
                 message.encode_into(&mut payload);
-                invocation
-                    .key(self.topics.history_stream(channel.as_str()))
-                    .key(self.topics.history_meta(channel.as_str()))
-                    .key(self.topics.namespaces())
-                    .key(
-                        key.map(|k| self.topics.idempotency(channel.as_str(), k))
-                            .unwrap_or_default(),
-                    )
-                    .arg(TopicArg::new(&self.topics, message.target()))
-                    .arg(&payload[..])
-                    .arg(channel.namespace())
-                    .arg(&window)
-                    .arg("");
-                Some(invocation)
+                // The window and the policy are the gateways' (from `<prefix>:namespaces`).
+                let call = PublishCall {
+                    idempotency_key: message.event.idempotency_key.as_deref(),
+                    ..PublishCall::new(channel, &payload)
+                };
+                Some(call.invocation(&self.script, &self.topics))
             })
             .collect();
         let mut scripted = invocations.iter();
@@ -524,12 +506,11 @@ fn receipt(
             duplicate: false,
         });
     }
-    let (offset, epoch, duplicate): (u64, String, u8) =
-        redis::from_redis_value(reply).map_err(|e| PublishError::Reply(e.to_string()))?;
+    let published: Published = redis::from_redis_value(reply).map_err(PublishError::Reply)?;
     Ok(Receipt {
         channel,
-        position: (offset > 0).then_some(Position { offset, epoch }),
-        duplicate: duplicate == 1,
+        position: published.position,
+        duplicate: published.duplicate,
     })
 }
 

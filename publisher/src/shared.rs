@@ -9,9 +9,20 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use deadpool_redis::{BuildError, Manager, Pool, PoolError, Runtime};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError};
+
+/// Why a pool of Redis connections could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SetupError {
+    /// The URL is not a Redis URL the client can use.
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(#[source] RedisError),
+    /// The pool settings were refused.
+    #[error("Redis pool: {0}")]
+    Pool(#[source] BuildError),
+}
 
 /// A pool of connections to the Redis at `url`, at most `max_size`, where connecting, waiting
 /// for a connection and each command may take up to `timeout`.
@@ -20,12 +31,11 @@ use redis::{AsyncConnectionConfig, RedisError};
 /// gateway taking thousands of reconnects at once) may read a reply later than that though
 /// Redis answered at once; the failure then looks like a broken connection and drops it, with
 /// every command on it. The caller's own bound is the one to apply.
-pub fn pool(url: &str, max_size: usize, timeout: Duration) -> Result<Pool, String> {
+pub fn pool(url: &str, max_size: usize, timeout: Duration) -> Result<Pool, SetupError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    let manager =
-        Manager::new_with_config(url, config).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    let manager = Manager::new_with_config(url, config).map_err(SetupError::InvalidUrl)?;
     Pool::builder(manager)
         .max_size(max_size.max(1))
         .runtime(Runtime::Tokio1)
@@ -33,7 +43,7 @@ pub fn pool(url: &str, max_size: usize, timeout: Duration) -> Result<Pool, Strin
         .wait_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .build()
-        .map_err(|e| format!("Redis pool: {e}"))
+        .map_err(SetupError::Pool)
 }
 
 /// A pool's connection, shared until it fails; cheap to clone.

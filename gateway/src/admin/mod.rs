@@ -127,11 +127,11 @@ impl From<WireError> for ApiError {
 
 impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> Self {
-        tracing::warn!(%error, "cluster-wide call failed");
+        tracing::warn!(%error, "cluster call failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::Internal,
-            message: "the bus or the registry is unavailable; try again".into(),
+            message: error.public_message().to_owned(),
         }
     }
 }

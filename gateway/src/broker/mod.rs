@@ -10,9 +10,13 @@ mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use ::redis::RedisError;
 use bytes::Bytes;
+use deadpool_redis::PoolError;
 use prometheus::IntCounter;
+use publisher::shared::SetupError;
 use tokio::sync::{mpsc, watch};
 
 pub use memory::{MemoryBroker, MemoryBus};
@@ -21,15 +25,44 @@ pub use redis::{RedisBroker, RedisSettings};
 /// A boxed future, so that brokers can be used as `dyn Broker`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a bus operation failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a bus operation failed. Cheap to clone: one failed command answers many requests.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The bus is not connected.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
+    /// The Redis URL or pool settings are unusable.
+    #[error("bus setup: {0}")]
+    Setup(#[from] SetupError),
+    /// No connection could be had for a command.
+    #[error("no bus connection: {0}")]
+    Connection(#[source] Arc<PoolError>),
+    /// Redis refused or failed a command.
+    #[error("bus command failed: {0}")]
+    Redis(#[from] RedisError),
+    /// A command got no answer in time.
+    #[error("bus {0} timed out")]
+    Timeout(&'static str),
+    /// Redis closed the subscription connection.
+    #[error("Redis closed the bus subscription connection")]
+    Disconnected,
+    /// The subscription connection is down; requests are refused until it is back.
+    #[error("the bus is not connected")]
+    NotConnected,
     /// The broker has shut down.
     #[error("bus closed")]
     Closed,
+}
+
+impl BrokerError {
+    /// What a client or an API caller is told; the cause, Redis's words included, is for the
+    /// log only.
+    pub fn public_message(&self) -> &'static str {
+        "the bus is unavailable; try again"
+    }
+}
+
+impl From<PoolError> for BrokerError {
+    fn from(error: PoolError) -> Self {
+        Self::Connection(Arc::new(error))
+    }
 }
 
 /// A message received from the bus.

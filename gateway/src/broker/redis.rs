@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prometheus::IntCounter;
 use publisher::SharedConnection;
+use publisher::shared::SetupError;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -87,11 +88,9 @@ impl RedisBroker {
         inbox: BusInbox,
         reconnects: IntCounter,
     ) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL: {e}")))?;
         let pool =
-            publisher::shared::pool(&settings.url, settings.publish_pool_size, COMMAND_TIMEOUT)
-                .map_err(BrokerError::Unavailable)?;
+            publisher::shared::pool(&settings.url, settings.publish_pool_size, COMMAND_TIMEOUT)?;
+        let client = redis::Client::open(settings.url.as_str()).map_err(SetupError::InvalidUrl)?;
         let shard_count = settings.subscription_connections.max(1);
         let (status_tx, status) = watch::channel(false);
         let health = Arc::new(Health {
@@ -138,20 +137,16 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn publish(&self, topic: String, payload: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut connection = self
-                .redis
-                .get()
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            let mut connection = self.redis.get().await?;
             let mut command = redis::cmd("PUBLISH");
             command.arg(&topic).arg(payload.as_ref());
             let publish = command.query_async::<i64>(&mut connection);
             match timeout(COMMAND_TIMEOUT, publish).await {
                 Ok(Ok(_receivers)) => Ok(()),
-                Ok(Err(e)) => Err(BrokerError::Unavailable(self.redis.check(e).to_string())),
+                Ok(Err(e)) => Err(self.redis.check(e).into()),
                 Err(_) => {
                     self.redis.reset();
-                    Err(BrokerError::Unavailable("PUBLISH timed out".into()))
+                    Err(BrokerError::Timeout("PUBLISH"))
                 }
             }
         })
@@ -189,7 +184,7 @@ struct Shard {
 /// Why a connected shard stopped.
 enum Lost {
     /// The connection failed; reconnect.
-    Connection(String),
+    Connection(BrokerError),
     /// The broker was dropped; stop.
     Shutdown,
 }
@@ -234,18 +229,16 @@ impl Shard {
     }
 
     /// Connects and subscribes to every topic this shard needs.
-    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), String> {
+    async fn connect(&mut self) -> Result<(PubSubSink, PubSubStream), BrokerError> {
         let pubsub = timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| BrokerError::Timeout("connect"))??;
         let (mut sink, stream) = pubsub.split();
         let topics: Vec<&String> = self.topics.iter().collect();
         for chunk in topics.chunks(MAX_BATCH) {
             timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
                 .await
-                .map_err(|_| "resubscribe timed out".to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| BrokerError::Timeout("resubscribe"))??;
         }
         Ok((sink, stream))
     }
@@ -258,9 +251,8 @@ impl Shard {
                 _ = tokio::time::sleep_until(deadline) => return Ok(()),
                 request = self.requests.recv() => match request {
                     None => return Err(Lost::Shutdown),
-                    Some(Request::Subscribe(topic, ack)) => {
-                        let _ = ack.send(Err(BrokerError::Unavailable("Redis is not connected".into())));
-                        let _ = topic;
+                    Some(Request::Subscribe(_topic, ack)) => {
+                        let _ = ack.send(Err(BrokerError::NotConnected));
                     }
                     Some(Request::Unsubscribe(topic)) => {
                         self.topics.remove(&topic);
@@ -281,7 +273,7 @@ impl Shard {
                         topic: message.get_channel_name().to_owned(),
                         payload: Bytes::copy_from_slice(message.get_payload_bytes()),
                     }),
-                    None => return Lost::Connection("connection closed".into()),
+                    None => return Lost::Connection(BrokerError::Disconnected),
                 },
                 count = self.requests.recv_many(&mut batch, MAX_BATCH) => {
                     if count == 0 {
@@ -294,8 +286,9 @@ impl Shard {
                 _ = probe.tick() => {
                     match timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Lost::Connection(format!("ping failed: {e}")),
-                        Err(_) => return Lost::Connection("ping timed out: half-open connection".into()),
+                        Ok(Err(e)) => return Lost::Connection(e.into()),
+                        // A half-open connection.
+                        Err(_) => return Lost::Connection(BrokerError::Timeout("PING")),
                     }
                 }
             }
@@ -307,7 +300,7 @@ impl Shard {
         &mut self,
         sink: &mut PubSubSink,
         requests: impl Iterator<Item = Request>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BrokerError> {
         let mut subscribes: Vec<(String, oneshot::Sender<Result<(), BrokerError>>)> = Vec::new();
         let mut unsubscribes: Vec<String> = Vec::new();
         for request in requests {
@@ -334,15 +327,15 @@ impl Shard {
         &mut self,
         sink: &mut PubSubSink,
         run: &mut Vec<(String, oneshot::Sender<Result<(), BrokerError>>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BrokerError> {
         if run.is_empty() {
             return Ok(());
         }
         let topics: Vec<&str> = run.iter().map(|(t, _)| t.as_str()).collect();
         let result = match timeout(COMMAND_TIMEOUT, sink.subscribe(&topics)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("SUBSCRIBE timed out".to_string()),
+            Ok(Err(e)) => Err(BrokerError::from(e)),
+            Err(_) => Err(BrokerError::Timeout("SUBSCRIBE")),
         };
         for (topic, ack) in run.drain(..) {
             match &result {
@@ -351,7 +344,7 @@ impl Shard {
                     let _ = ack.send(Ok(()));
                 }
                 Err(error) => {
-                    let _ = ack.send(Err(BrokerError::Unavailable(error.clone())));
+                    let _ = ack.send(Err(error.clone()));
                 }
             }
         }
@@ -362,7 +355,7 @@ impl Shard {
         &mut self,
         sink: &mut PubSubSink,
         run: &mut Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), BrokerError> {
         if run.is_empty() {
             return Ok(());
         }
@@ -373,8 +366,8 @@ impl Shard {
         run.clear();
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("UNSUBSCRIBE timed out".to_string()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BrokerError::Timeout("UNSUBSCRIBE")),
         }
     }
 }

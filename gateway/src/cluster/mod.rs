@@ -1,12 +1,13 @@
 //! The cluster view: leases, cluster-wide queries and operator actions, presence.
 //!
-//! Every node renews a lease in the [`Registry`]. A cluster-wide question (stats, clients,
+//! Every node renews a lease in the [`Registry`]'s [`Leases`]. A cluster-wide question (stats, clients,
 //! channels, presence) or action (disconnect, unsubscribe) is a survey on the bus: the asking
 //! node publishes it on the control topic, every node answers for its own connections on the
 //! asker's reply topic, and the asker waits for every node with a live lease. A dead node does
 //! not answer and stops counting at once; a survivor claims its clean-up when its lease expires
 //! and sends `leave` events for the presence it left behind.
 
+mod memory;
 mod redis;
 mod registry;
 
@@ -16,12 +17,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use publisher::wire::{ChannelName, EventName, Target};
+use publisher::wire::{ChannelName, EventName, Target, Topics};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub(crate) use self::redis::RedisRegistry;
-pub(crate) use self::registry::{MemoryRegistry, Registry, RegistryError};
+pub use self::memory::{MemoryLeases, MemoryPresence, MemoryUserSlots};
+pub use self::redis::{RedisLeases, RedisPresence, RedisUserSlots};
+pub use self::registry::{
+    Leases, PresenceRecord, PresenceRecords, Registry, RegistryError, UserSlots,
+};
 use crate::broker::{Broker, BrokerError, BusMessage};
 use crate::config::Namespaces;
 use crate::hub::Hub;
@@ -40,6 +44,21 @@ pub(crate) enum ClusterError {
     /// The registry did not answer.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The survey could not be encoded.
+    #[error("cluster survey not encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl ClusterError {
+    /// What a client or an API caller is told; the cause, Redis's words included, is for the
+    /// log only.
+    pub(crate) fn public_message(&self) -> &'static str {
+        match self {
+            Self::Broker(error) => error.public_message(),
+            Self::Registry(_) => "the cluster registry is unavailable; try again",
+            Self::Encode(_) => "the cluster could not be asked",
+        }
+    }
 }
 
 /// A question or action for every node.
@@ -120,7 +139,7 @@ pub(crate) struct Cluster {
     node_id: String,
     started: Instant,
     broker: Arc<dyn Broker>,
-    registry: Arc<dyn Registry>,
+    registry: Registry,
     hub: Hub,
     namespaces: Namespaces,
     control_topic: String,
@@ -136,14 +155,15 @@ impl Cluster {
         node_id: String,
         prefix: &str,
         broker: Arc<dyn Broker>,
-        registry: Arc<dyn Registry>,
+        registry: Registry,
         hub: Hub,
         namespaces: Namespaces,
         lease: Duration,
     ) -> Self {
+        let topics = Topics::new(prefix);
         Self {
-            reply_topic: format!("{prefix}:ctl:{node_id}"),
-            control_topic: format!("{prefix}:ctl"),
+            reply_topic: topics.control_reply(&node_id),
+            control_topic: topics.control(),
             node_id,
             started: Instant::now(),
             broker,
@@ -162,8 +182,8 @@ impl Cluster {
     }
 
     /// The registry.
-    pub(crate) fn registry(&self) -> &dyn Registry {
-        self.registry.as_ref()
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Keeps the control topics subscribed, the lease renewed, and dead nodes cleaned up.
@@ -178,7 +198,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.lease / 3);
         loop {
             tick.tick().await;
-            if let Err(error) = self.registry.heartbeat(&self.node_id, self.lease).await {
+            if let Err(error) = self.registry.leases.renew(&self.node_id, self.lease).await {
                 tracing::warn!(%error, "lease not renewed");
                 continue;
             }
@@ -188,13 +208,22 @@ impl Cluster {
         }
     }
 
-    /// Cleans up after nodes whose lease expired: their presence gets leave events.
+    /// Cleans up after nodes whose lease expired: their presence gets leave events, their
+    /// connection slots are given back, and their lease is forgotten last (a clean-up cut
+    /// short is done again once the claim lapses).
     async fn reap(&self) -> Result<(), ClusterError> {
-        for dead in self.registry.dead_nodes().await? {
-            if dead == self.node_id || !self.registry.claim_dead(&dead, &self.node_id).await? {
+        let Registry {
+            leases,
+            presence,
+            user_slots,
+        } = &self.registry;
+        for dead in leases.expired().await? {
+            if dead == self.node_id || !leases.claim(&dead, &self.node_id).await? {
                 continue;
             }
-            let records = self.registry.forget(&dead).await?;
+            let records = presence.take(&dead).await?;
+            user_slots.forget(&dead).await?;
+            leases.forget(&dead).await?;
             tracing::info!(node = %dead, presence = records.len(), "node lease expired: cleaned up");
             for (channel, entry) in records {
                 if let Ok(channel) = ChannelName::parse(&channel) {
@@ -229,7 +258,13 @@ impl Cluster {
                 node_id: cluster.node_id.clone(),
                 answer,
             };
-            let payload = Bytes::from(serde_json::to_vec(&reply).unwrap_or_default());
+            let payload = match serde_json::to_vec(&reply) {
+                Ok(payload) => Bytes::from(payload),
+                Err(error) => {
+                    tracing::warn!(%error, "cluster reply not encoded");
+                    return;
+                }
+            };
             if let Err(error) = cluster.broker.publish(request.reply_to, payload).await {
                 tracing::warn!(%error, "cluster reply not sent");
             }
@@ -274,20 +309,21 @@ impl Cluster {
 
     /// Asks every live node; returns the answers that came within the survey timeout.
     async fn survey(&self, query: Query) -> Result<Vec<Reply>, ClusterError> {
-        let mut expected: HashSet<String> = self.registry.live_nodes().await?.into_iter().collect();
+        let live = self.registry.leases.live().await?;
+        let mut expected: HashSet<String> = live.into_iter().collect();
         expected.insert(self.node_id.clone());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
         let request = Request {
             id,
             reply_to: self.reply_topic.clone(),
             query,
         };
-        let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+        let payload = Bytes::from(serde_json::to_vec(&request)?);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
         let sent = self
             .broker
             .publish(self.control_topic.clone(), payload)
@@ -430,7 +466,8 @@ impl Cluster {
         }
         let recorded = self
             .registry
-            .add_presence(&self.node_id, channel.as_str(), entry)
+            .presence
+            .add(&self.node_id, channel.as_str(), entry)
             .await;
         if let Err(error) = recorded {
             tracing::warn!(%error, "presence not recorded");
@@ -445,7 +482,8 @@ impl Cluster {
         }
         let removed = self
             .registry
-            .remove_presence(&self.node_id, channel.as_str(), &entry.client_id)
+            .presence
+            .remove(&self.node_id, channel.as_str(), &entry.client_id)
             .await;
         if let Err(error) = removed {
             tracing::warn!(%error, "presence not removed");
@@ -467,8 +505,12 @@ impl Cluster {
         } else {
             EventName::leave()
         };
-        let Ok(data) = serde_json::value::to_raw_value(entry) else {
-            return;
+        let data = match serde_json::value::to_raw_value(entry) {
+            Ok(data) => data,
+            Err(error) => {
+                tracing::warn!(%error, "presence event not encoded");
+                return;
+            }
         };
         // A connection is not told of its own join.
         let exclude = joined.then_some(entry.client_id.as_str());

@@ -1,15 +1,20 @@
 //! The registry in Redis: a sorted set of node leases (score = expiry in Redis time), a hash of
 //! presence records and a set of users per node, and per-user hashes of connections by node.
+//! The key names are [`publisher::wire::Keys`].
 
 use std::time::Duration;
 
 use publisher::SharedConnection;
+use publisher::wire::{Keys, Topics};
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
-use super::registry::{PresenceRecord, Registry, RegistryError};
+use super::registry::{Leases, PresenceRecord, PresenceRecords, RegistryError, UserSlots};
 use crate::broker::BoxFuture;
 use crate::view::PresenceEntry;
+
+/// How long a claim of a dead node's clean-up holds, in milliseconds.
+const CLAIM_MS: u64 = 60_000;
 
 /// Renews a lease in Redis time, so that node clocks need not agree.
 const HEARTBEAT: &str = r"
@@ -52,66 +57,135 @@ if left <= 0 then
 end
 return left";
 
-/// The cluster registry in Redis.
-pub(crate) struct RedisRegistry {
+/// A connection to the registry's Redis, and the names of its keys.
+struct Store {
     redis: SharedConnection,
-    prefix: String,
-    heartbeat: Script,
-    nodes: Script,
-    acquire: Script,
-    release: Script,
+    topics: Topics,
 }
 
-fn unavailable(error: impl std::fmt::Display) -> RegistryError {
-    RegistryError::Unavailable(error.to_string())
-}
-
-impl RedisRegistry {
-    /// A registry over `redis` under the deployment's key prefix.
-    pub(crate) fn new(redis: SharedConnection, prefix: &str) -> Self {
-        Self {
-            redis,
-            prefix: prefix.to_owned(),
-            heartbeat: Script::new(HEARTBEAT),
-            nodes: Script::new(NODES),
-            acquire: Script::new(ACQUIRE),
-            release: Script::new(RELEASE),
-        }
-    }
-
-    fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-
-    fn presence_key(&self, node: &str) -> String {
-        format!("{}:node:{node}:presence", self.prefix)
-    }
-
-    fn users_key(&self, node: &str) -> String {
-        format!("{}:node:{node}:users", self.prefix)
-    }
-
-    fn user_key(&self, user: &str) -> String {
-        format!("{}:user:{user}:connections", self.prefix)
+impl Store {
+    fn keys(&self) -> Keys<'_> {
+        self.topics.keys()
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, RegistryError> {
-        self.redis.get().await.map_err(unavailable)
+        Ok(self.redis.get().await?)
     }
 
     /// Maps a Redis error, dropping the shared connection if it broke.
     fn failed(&self, error: redis::RedisError) -> RegistryError {
-        unavailable(self.redis.check(error))
+        self.redis.check(error).into()
+    }
+}
+
+/// Node leases in Redis, in Redis time.
+pub struct RedisLeases {
+    store: Store,
+    heartbeat: Script,
+    nodes: Script,
+}
+
+impl RedisLeases {
+    /// Leases over `redis` under `topics`' prefix.
+    pub fn new(redis: SharedConnection, topics: Topics) -> Self {
+        Self {
+            store: Store { redis, topics },
+            heartbeat: Script::new(HEARTBEAT),
+            nodes: Script::new(NODES),
+        }
     }
 
-    async fn list_nodes(&self, which: &str) -> Result<Vec<String>, RegistryError> {
-        let mut connection = self.connection().await?;
+    async fn list(&self, which: &str) -> Result<Vec<String>, RegistryError> {
+        let mut connection = self.store.connection().await?;
         self.nodes
-            .key(self.nodes_key())
+            .key(self.store.keys().nodes())
             .arg(which)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| self.failed(e))
+            .map_err(|e| self.store.failed(e))
+    }
+}
+
+impl Leases for RedisLeases {
+    fn renew(&self, node: &str, lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
+            .key(self.store.keys().nodes())
+            .arg(node)
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let _now: i64 = invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn live(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
+        Box::pin(self.list("live"))
+    }
+
+    fn expired(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
+        Box::pin(self.list("dead"))
+    }
+
+    fn claim(&self, node: &str, by: &str) -> BoxFuture<'_, Result<bool, RegistryError>> {
+        let mut claim = redis::cmd("SET");
+        claim
+            .arg(self.store.keys().reap_claim(node))
+            .arg(by)
+            .arg("NX")
+            .arg("PX")
+            .arg(CLAIM_MS);
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let claimed: Option<String> = claim
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            Ok(claimed.is_some())
+        })
+    }
+
+    fn forget(&self, node: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let mut forget = redis::cmd("ZREM");
+        forget.arg(self.store.keys().nodes()).arg(node);
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            forget
+                .query_async::<i64>(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            Ok(())
+        })
+    }
+}
+
+/// Presence records in Redis: one hash per node, field `<channel>\n<client_id>`.
+pub struct RedisPresence {
+    store: Store,
+}
+
+impl RedisPresence {
+    /// Presence records over `redis` under `topics`' prefix.
+    pub fn new(redis: SharedConnection, topics: Topics) -> Self {
+        Self {
+            store: Store { redis, topics },
+        }
+    }
+
+    /// Runs one command that answers an integer.
+    fn run(&self, command: redis::Cmd) -> BoxFuture<'_, Result<(), RegistryError>> {
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            command
+                .query_async::<i64>(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            Ok(())
+        })
     }
 }
 
@@ -120,172 +194,153 @@ fn presence_field(channel: &str, client_id: &str) -> String {
     format!("{channel}\n{client_id}")
 }
 
-impl Registry for RedisRegistry {
-    fn heartbeat(&self, node: &str, lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>> {
-        let node = node.to_owned();
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let _now: i64 = self
-                .heartbeat
-                .key(self.nodes_key())
-                .arg(&node)
-                .arg(lease.as_millis().to_string())
-                .invoke_async(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(())
-        })
+/// A presence record from its field and value; `None`, and a warning, for one this gateway
+/// cannot read.
+fn presence_record(field: &str, value: &str) -> Option<PresenceRecord> {
+    let (channel, _) = field.split_once('\n')?;
+    match serde_json::from_str::<PresenceEntry>(value) {
+        Ok(entry) => Some((channel.to_owned(), entry)),
+        Err(error) => {
+            tracing::warn!(%error, field, "unreadable presence record skipped");
+            None
+        }
     }
+}
 
-    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
-        Box::pin(self.list_nodes("live"))
-    }
-
-    fn dead_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
-        Box::pin(self.list_nodes("dead"))
-    }
-
-    fn claim_dead(&self, node: &str, by: &str) -> BoxFuture<'_, Result<bool, RegistryError>> {
-        let key = format!("{}:reap:{node}", self.prefix);
-        let by = by.to_owned();
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let claimed: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&by)
-                .arg("NX")
-                .arg("PX")
-                .arg(60_000)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(claimed.is_some())
-        })
-    }
-
-    fn forget(&self, node: &str) -> BoxFuture<'_, Result<Vec<PresenceRecord>, RegistryError>> {
-        let node = node.to_owned();
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let presence_key = self.presence_key(&node);
-            let users_key = self.users_key(&node);
-            let (records, users): (Vec<(String, String)>, Vec<String>) = redis::pipe()
-                .atomic()
-                .hgetall(&presence_key)
-                .smembers(&users_key)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            let mut cleanup = redis::pipe();
-            for user in &users {
-                cleanup.hdel(self.user_key(user), &node).ignore();
-            }
-            cleanup
-                .del(&presence_key)
-                .ignore()
-                .del(&users_key)
-                .ignore()
-                .zrem(self.nodes_key(), &node)
-                .ignore();
-            cleanup
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(records
-                .into_iter()
-                .filter_map(|(field, entry)| {
-                    let (channel, _) = field.split_once('\n')?;
-                    let entry: PresenceEntry = serde_json::from_str(&entry).ok()?;
-                    Some((channel.to_owned(), entry))
-                })
-                .collect())
-        })
-    }
-
-    fn add_presence(
+impl PresenceRecords for RedisPresence {
+    fn add(
         &self,
         node: &str,
         channel: &str,
         entry: &PresenceEntry,
     ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        let key = self.presence_key(node);
-        let field = presence_field(channel, &entry.client_id);
-        let value = serde_json::to_string(entry).unwrap_or_default();
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(&field)
-                .arg(&value)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(())
-        })
+        let value = match serde_json::to_string(entry) {
+            Ok(value) => value,
+            Err(error) => return Box::pin(async move { Err(error.into()) }),
+        };
+        let mut add = redis::cmd("HSET");
+        add.arg(self.store.keys().node_presence(node))
+            .arg(presence_field(channel, &entry.client_id))
+            .arg(value);
+        self.run(add)
     }
 
-    fn remove_presence(
+    fn remove(
         &self,
         node: &str,
         channel: &str,
         client_id: &str,
     ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        let key = self.presence_key(node);
-        let field = presence_field(channel, client_id);
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            redis::cmd("HDEL")
-                .arg(&key)
-                .arg(&field)
-                .query_async::<i64>(&mut connection)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(())
-        })
+        let mut remove = redis::cmd("HDEL");
+        remove
+            .arg(self.store.keys().node_presence(node))
+            .arg(presence_field(channel, client_id));
+        self.run(remove)
     }
 
-    fn acquire_user_slot(
+    fn take(&self, node: &str) -> BoxFuture<'_, Result<Vec<PresenceRecord>, RegistryError>> {
+        let key = self.store.keys().node_presence(node);
+        Box::pin(async move {
+            let mut connection = self.store.connection().await?;
+            let (records,): (Vec<(String, String)>,) = redis::pipe()
+                .atomic()
+                .hgetall(&key)
+                .del(&key)
+                .ignore()
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            Ok(records
+                .iter()
+                .filter_map(|(field, value)| presence_record(field, value))
+                .collect())
+        })
+    }
+}
+
+/// Per-user connection slots in Redis: a hash of counts by node per user, and the set of a
+/// node's users; counted against the leases in the same Redis.
+pub struct RedisUserSlots {
+    store: Store,
+    acquire: Script,
+    release: Script,
+}
+
+impl RedisUserSlots {
+    /// User slots over `redis` under `topics`' prefix.
+    pub fn new(redis: SharedConnection, topics: Topics) -> Self {
+        Self {
+            store: Store { redis, topics },
+            acquire: Script::new(ACQUIRE),
+            release: Script::new(RELEASE),
+        }
+    }
+}
+
+impl UserSlots for RedisUserSlots {
+    fn acquire(
         &self,
         node: &str,
         user: &str,
         cap: usize,
     ) -> BoxFuture<'_, Result<bool, RegistryError>> {
+        let keys = self.store.keys();
         let mut invocation = self.acquire.prepare_invoke();
         invocation
-            .key(self.user_key(user))
-            .key(self.nodes_key())
-            .key(self.users_key(node))
+            .key(keys.user_connections(user))
+            .key(keys.nodes())
+            .key(keys.node_users(node))
             .arg(node)
             .arg(cap)
             .arg(user);
         Box::pin(async move {
-            let mut connection = self.connection().await?;
+            let mut connection = self.store.connection().await?;
             let granted: i64 = invocation
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|e| self.failed(e))?;
+                .map_err(|e| self.store.failed(e))?;
             Ok(granted == 1)
         })
     }
 
-    fn release_user_slot(
-        &self,
-        node: &str,
-        user: &str,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
+    fn release(&self, node: &str, user: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let keys = self.store.keys();
         let mut invocation = self.release.prepare_invoke();
         invocation
-            .key(self.user_key(user))
-            .key(self.users_key(node))
+            .key(keys.user_connections(user))
+            .key(keys.node_users(node))
             .arg(node)
             .arg(user);
         Box::pin(async move {
-            let mut connection = self.connection().await?;
+            let mut connection = self.store.connection().await?;
             let _left: i64 = invocation
                 .invoke_async(&mut connection)
                 .await
-                .map_err(|e| self.failed(e))?;
+                .map_err(|e| self.store.failed(e))?;
             Ok(())
+        })
+    }
+
+    fn forget(&self, node: &str) -> BoxFuture<'_, Result<(), RegistryError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            let keys = self.store.keys();
+            let users_key = keys.node_users(&node);
+            let mut connection = self.store.connection().await?;
+            let users: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(&users_key)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))?;
+            let mut cleanup = redis::pipe();
+            for user in &users {
+                cleanup.hdel(keys.user_connections(user), &node).ignore();
+            }
+            cleanup.del(&users_key).ignore();
+            cleanup
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|e| self.store.failed(e))
         })
     }
 }

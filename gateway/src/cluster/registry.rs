@@ -1,142 +1,114 @@
-//! What nodes keep about each other: leases, presence records a survivor can clean up after a
-//! node's death, and per-user connection counts. In memory for one node, or in Redis.
+//! What nodes keep about each other, in three parts: [`Leases`] (which nodes are alive),
+//! [`PresenceRecords`] (presence a survivor can clean up after a node's death) and
+//! [`UserSlots`] (per-user connection counts for the cluster-wide cap). In memory for nodes
+//! in one process, or in Redis.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_redis::PoolError;
+use publisher::SharedConnection;
+use publisher::wire::Topics;
+
+use super::memory::{MemoryLeases, MemoryPresence, MemoryUserSlots};
+use super::redis::{RedisLeases, RedisPresence, RedisUserSlots};
 use crate::broker::BoxFuture;
 use crate::view::PresenceEntry;
 
 /// Why the registry could not answer.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum RegistryError {
-    /// The store is unreachable or refused the command.
+pub enum RegistryError {
+    /// No connection to the store could be had.
+    #[error("cluster registry unavailable: no Redis connection: {0}")]
+    Connection(#[from] PoolError),
+    /// The store refused or failed the command.
     #[error("cluster registry unavailable: {0}")]
-    Unavailable(String),
+    Redis(#[from] ::redis::RedisError),
+    /// A record could not be encoded.
+    #[error("cluster record not encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// A presence record left by a node: the channel and the connection.
-pub(crate) type PresenceRecord = (String, PresenceEntry);
+pub type PresenceRecord = (String, PresenceEntry);
 
-/// The cluster's shared records.
-pub(crate) trait Registry: Send + Sync + 'static {
-    /// Renews this node's lease for `lease`.
-    fn heartbeat(&self, node: &str, lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>>;
+/// Node leases: a node is alive while it renews its lease.
+pub trait Leases: Send + Sync + 'static {
+    /// Renews `node`'s lease for `lease` from now.
+    fn renew(&self, node: &str, lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>>;
     /// Nodes whose lease has not expired.
-    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>>;
-    /// Nodes whose lease expired and that nobody has cleaned up yet.
-    fn dead_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>>;
-    /// Claims the clean-up of a dead node, so that only one survivor does it.
-    fn claim_dead(&self, node: &str, by: &str) -> BoxFuture<'_, Result<bool, RegistryError>>;
-    /// Removes a dead node's records; returns its presence records (for leave events).
-    fn forget(&self, node: &str) -> BoxFuture<'_, Result<Vec<PresenceRecord>, RegistryError>>;
+    fn live(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>>;
+    /// Nodes whose lease expired and that are not forgotten yet.
+    fn expired(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>>;
+    /// Claims the clean-up of `node` for `by`; `true` for one claimant only, for a minute.
+    fn claim(&self, node: &str, by: &str) -> BoxFuture<'_, Result<bool, RegistryError>>;
+    /// Forgets `node`'s lease.
+    fn forget(&self, node: &str) -> BoxFuture<'_, Result<(), RegistryError>>;
+}
+
+/// Presence records by node, so that a survivor can send `leave` for a dead node's clients.
+pub trait PresenceRecords: Send + Sync + 'static {
     /// Records a connection's presence on a channel.
-    fn add_presence(
+    fn add(
         &self,
         node: &str,
         channel: &str,
         entry: &PresenceEntry,
     ) -> BoxFuture<'_, Result<(), RegistryError>>;
     /// Removes a connection's presence on a channel.
-    fn remove_presence(
+    fn remove(
         &self,
         node: &str,
         channel: &str,
         client_id: &str,
     ) -> BoxFuture<'_, Result<(), RegistryError>>;
-    /// Takes a connection slot of `user` if the user has fewer than `cap` on live nodes.
-    fn acquire_user_slot(
+    /// Removes every record of `node` and returns them.
+    fn take(&self, node: &str) -> BoxFuture<'_, Result<Vec<PresenceRecord>, RegistryError>>;
+}
+
+/// Per-user connection slots by node, counted on live nodes only.
+pub trait UserSlots: Send + Sync + 'static {
+    /// Takes a slot of `user` on `node` if the user holds fewer than `cap` on live nodes.
+    fn acquire(
         &self,
         node: &str,
         user: &str,
         cap: usize,
     ) -> BoxFuture<'_, Result<bool, RegistryError>>;
-    /// Gives a connection slot of `user` back.
-    fn release_user_slot(&self, node: &str, user: &str)
-    -> BoxFuture<'_, Result<(), RegistryError>>;
+    /// Gives a slot of `user` on `node` back.
+    fn release(&self, node: &str, user: &str) -> BoxFuture<'_, Result<(), RegistryError>>;
+    /// Gives back every slot `node` holds.
+    fn forget(&self, node: &str) -> BoxFuture<'_, Result<(), RegistryError>>;
 }
 
-/// The registry of a single node on the in-memory bus: it is the whole cluster.
-#[derive(Default)]
-pub(crate) struct MemoryRegistry {
-    node: Mutex<Option<String>>,
-    users: Mutex<HashMap<String, usize>>,
+/// The cluster's shared records, one store for all three parts.
+#[derive(Clone)]
+pub struct Registry {
+    /// Node leases.
+    pub leases: Arc<dyn Leases>,
+    /// Presence records by node.
+    pub presence: Arc<dyn PresenceRecords>,
+    /// Per-user connection slots.
+    pub user_slots: Arc<dyn UserSlots>,
 }
 
-impl Registry for MemoryRegistry {
-    fn heartbeat(&self, node: &str, _lease: Duration) -> BoxFuture<'_, Result<(), RegistryError>> {
-        *self.node.lock().unwrap_or_else(PoisonError::into_inner) = Some(node.to_owned());
-        Box::pin(async { Ok(()) })
-    }
-
-    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
-        let node = self
-            .node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Box::pin(async move { Ok(node.into_iter().collect()) })
-    }
-
-    fn dead_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, RegistryError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn claim_dead(&self, _node: &str, _by: &str) -> BoxFuture<'_, Result<bool, RegistryError>> {
-        Box::pin(async { Ok(false) })
-    }
-
-    fn forget(&self, _node: &str) -> BoxFuture<'_, Result<Vec<PresenceRecord>, RegistryError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn add_presence(
-        &self,
-        _node: &str,
-        _channel: &str,
-        _entry: &PresenceEntry,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        // One node has nobody to clean up after it: its presence lives in its hub.
-        Box::pin(async { Ok(()) })
-    }
-
-    fn remove_presence(
-        &self,
-        _node: &str,
-        _channel: &str,
-        _client_id: &str,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn acquire_user_slot(
-        &self,
-        _node: &str,
-        user: &str,
-        cap: usize,
-    ) -> BoxFuture<'_, Result<bool, RegistryError>> {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = users.entry(user.to_owned()).or_insert(0);
-        let granted = *count < cap;
-        if granted {
-            *count += 1;
+impl Registry {
+    /// The records of nodes in this process (a single node on the in-memory bus).
+    pub fn memory() -> Self {
+        let leases = MemoryLeases::default();
+        Self {
+            user_slots: Arc::new(MemoryUserSlots::new(leases.clone())),
+            leases: Arc::new(leases),
+            presence: Arc::new(MemoryPresence::default()),
         }
-        Box::pin(async move { Ok(granted) })
     }
 
-    fn release_user_slot(
-        &self,
-        _node: &str,
-        user: &str,
-    ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = users.get_mut(user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                users.remove(user);
-            }
+    /// The records in Redis over `redis`, under `topics`' prefix.
+    pub fn redis(redis: &SharedConnection, topics: &Topics) -> Self {
+        Self {
+            leases: Arc::new(RedisLeases::new(redis.clone(), topics.clone())),
+            presence: Arc::new(RedisPresence::new(redis.clone(), topics.clone())),
+            user_slots: Arc::new(RedisUserSlots::new(redis.clone(), topics.clone())),
         }
-        Box::pin(async { Ok(()) })
     }
 }

@@ -5,9 +5,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use publisher::wire::{ChannelName, Position, Topics};
+use publisher::wire::{ChannelName, Position, Topics, with_position};
 
-use super::{History, HistoryError, Page, Policies, Published, with_position};
+use super::{History, HistoryError, Page, Policies, Published};
 use crate::broker::{BoxFuture, MemoryBus};
 
 struct Log {
@@ -95,7 +95,7 @@ impl MemoryHistory {
                 }
                 log.offset += 1;
                 log.touched = now;
-                let full = with_position(message, log.offset, &log.epoch);
+                let full = Bytes::from(with_position(message, log.offset, &log.epoch));
                 log.events.push_back((log.offset, now, full.clone()));
                 while log.events.len() > policy.size {
                     log.events.pop_front();

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use deadpool_redis::PoolError;
 use publisher::wire::{ChannelName, Position};
+pub use publisher::wire::{HistoryPolicy, Published};
 
 pub use self::memory::MemoryHistory;
 pub use self::redis::RedisHistory;
@@ -22,21 +24,29 @@ use crate::config::Namespaces;
 /// Why a history operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    /// The store is unreachable or refused the command.
+    /// No connection to the store could be had.
+    #[error("history unavailable: no Redis connection: {0}")]
+    Connection(#[from] PoolError),
+    /// The store refused or failed the command.
     #[error("history unavailable: {0}")]
-    Unavailable(String),
+    Redis(#[from] ::redis::RedisError),
+    /// The store did not answer in time.
+    #[error("history command timed out")]
+    Timeout,
     /// The store answered something this gateway cannot read.
     #[error("unexpected history reply: {0}")]
-    Protocol(String),
+    Protocol(#[from] ::redis::ParsingError),
+    /// A stored event is not one the publish script writes.
+    #[error("unexpected history entry: {0}")]
+    Entry(String),
 }
 
-/// How much history a namespace keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryPolicy {
-    /// Events kept per channel.
-    pub size: usize,
-    /// How long events are kept.
-    pub ttl: Duration,
+impl HistoryError {
+    /// What a client or an API caller is told; the cause, Redis's words included, is for the
+    /// log only.
+    pub fn public_message(&self) -> &'static str {
+        "history is unavailable; try again"
+    }
 }
 
 /// History policies by namespace; namespaces without history are absent.
@@ -72,13 +82,16 @@ impl Policies {
     }
 }
 
-/// The outcome of a publish through history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The event's position, where history is kept.
-    pub position: Option<Position>,
-    /// The idempotency key was seen: nothing was published, `position` is the first publish's.
-    pub duplicate: bool,
+/// Policies by namespace, as given; those that keep no history are left out.
+impl FromIterator<(String, HistoryPolicy)> for Policies {
+    fn from_iter<I: IntoIterator<Item = (String, HistoryPolicy)>>(policies: I) -> Self {
+        Self(
+            policies
+                .into_iter()
+                .filter(|(_, policy)| policy.keeps_history())
+                .collect(),
+        )
+    }
 }
 
 /// Events read from a channel's history.
@@ -125,15 +138,6 @@ pub trait History: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Page, HistoryError>>;
 }
 
-/// Puts `offset` and `epoch` into a bus message, as the publish script does.
-fn with_position(message: &[u8], offset: u64, epoch: &str) -> Bytes {
-    let body = message.strip_suffix(b"}").unwrap_or(message);
-    let mut out = Vec::with_capacity(message.len() + epoch.len() + 32);
-    out.extend_from_slice(body);
-    out.extend_from_slice(format!(",\"offset\":{offset},\"epoch\":\"{epoch}\"}}").as_bytes());
-    Bytes::from(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,15 +175,6 @@ mod tests {
         assert!(
             page(&[1], position(1, "e")).continues(&position(0, "")),
             "from the start"
-        );
-    }
-
-    #[test]
-    fn positions_are_spliced_into_the_message() {
-        let message = with_position(br#"{"channel":"a","event":"e"}"#, 7, "x1");
-        assert_eq!(
-            &message[..],
-            br#"{"channel":"a","event":"e","offset":7,"epoch":"x1"}"#
         );
     }
 }

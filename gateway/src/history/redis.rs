@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use publisher::SharedConnection;
-use publisher::wire::{ChannelName, PUBLISH_SCRIPT, Position, Topics};
+use publisher::wire::{
+    ChannelName, PUBLISH_SCRIPT, Position, PublishCall, Topics, namespace_fields,
+};
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
@@ -25,8 +27,9 @@ pub struct RedisHistory {
 }
 
 impl RedisHistory {
-    /// History over `redis`. Writes the namespaces' policies to `<prefix>:namespaces` now and
-    /// every time `bus_up` turns true, so publishers in any language find them.
+    /// History over `redis`. Writes the namespaces' policies and the idempotency window to
+    /// `<prefix>:namespaces` now and every time `bus_up` turns true, so publishers in any
+    /// language find them.
     pub fn new(
         redis: SharedConnection,
         topics: Topics,
@@ -41,20 +44,21 @@ impl RedisHistory {
             script: redis::Script::new(PUBLISH_SCRIPT),
             idempotency_window,
         };
-        tokio::spawn(announce_policies(
+        let fields = namespace_fields(
+            history.policies.iter().map(|(ns, p)| (ns.as_str(), *p)),
+            idempotency_window,
+        );
+        tokio::spawn(announce_settings(
             history.redis.clone(),
-            history.topics.namespaces(),
-            history.policies.clone(),
+            history.topics.keys().namespaces(),
+            fields,
             bus_up,
         ));
         history
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, HistoryError> {
-        self.redis
-            .get()
-            .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+        Ok(self.redis.get().await?)
     }
 
     /// Bounds a history command; one that times out drops the shared connection, which may
@@ -67,51 +71,43 @@ impl RedisHistory {
             .await
             .map_err(|_| {
                 self.redis.reset();
-                HistoryError::Unavailable("history command timed out".into())
+                HistoryError::Timeout
             })?
     }
 
     /// Maps a Redis error, dropping the shared connection if it broke.
     fn failed(&self, error: redis::RedisError) -> HistoryError {
-        unavailable(self.redis.check(error))
+        self.redis.check(error).into()
     }
 }
 
-/// Keeps `<prefix>:namespaces` in step with this node's configuration, also after Redis lost
-/// its data.
-async fn announce_policies(
+/// Keeps `<prefix>:namespaces` in step with this node's configuration (`fields`: policies and
+/// idempotency window), also after Redis lost its data.
+async fn announce_settings(
     redis: SharedConnection,
     key: String,
-    policies: Policies,
+    fields: Vec<(String, String)>,
     mut bus_up: watch::Receiver<bool>,
 ) {
-    let fields: Vec<(String, String)> = policies
-        .iter()
-        .map(|(ns, p)| (ns.clone(), format!("{} {}", p.size, p.ttl.as_millis())))
-        .collect();
     loop {
-        if *bus_up.borrow_and_update() && !fields.is_empty() {
+        if *bus_up.borrow_and_update() {
             let written = async {
-                let mut connection = redis.get().await.map_err(|e| e.to_string())?;
+                let mut connection = redis.get().await?;
                 redis::cmd("HSET")
                     .arg(&key)
                     .arg(&fields)
                     .query_async::<i64>(&mut connection)
                     .await
-                    .map_err(|e| redis.check(e).to_string())
+                    .map_err(|e| HistoryError::from(redis.check(e)))
             };
             if let Err(error) = written.await {
-                tracing::warn!(%error, "could not publish namespace history policies");
+                tracing::warn!(%error, "could not publish the namespace settings");
             }
         }
         if bus_up.changed().await.is_err() {
             return;
         }
     }
-}
-
-fn unavailable(error: redis::RedisError) -> HistoryError {
-    HistoryError::Unavailable(error.to_string())
 }
 
 impl History for RedisHistory {
@@ -121,37 +117,19 @@ impl History for RedisHistory {
         message: Bytes,
         idempotency_key: Option<&str>,
     ) -> BoxFuture<'_, Result<Published, HistoryError>> {
-        let name = channel.as_str();
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(self.topics.history_stream(name))
-            .key(self.topics.history_meta(name))
-            .key(self.topics.namespaces())
-            .key(
-                idempotency_key
-                    .map(|k| self.topics.idempotency(name, k))
-                    .unwrap_or_default(),
-            )
-            .arg(self.topics.channel(name))
-            .arg(message.as_ref())
-            .arg(channel.namespace())
-            .arg(self.idempotency_window.as_millis().to_string())
-            .arg(
-                self.policies
-                    .of(channel)
-                    .map(|p| format!("{} {}", p.size, p.ttl.as_millis()))
-                    .unwrap_or_default(),
-            );
+        let call = PublishCall {
+            idempotency_key,
+            window: Some(self.idempotency_window),
+            policy: self.policies.of(channel),
+            ..PublishCall::new(channel, &message)
+        };
+        let invocation = call.invocation(&self.script, &self.topics);
         Box::pin(self.timed(async move {
             let mut connection = self.connection().await?;
-            let (offset, epoch, duplicate): (u64, String, u8) = invocation
-                .invoke_async(&mut connection)
+            invocation
+                .invoke_async::<Published>(&mut connection)
                 .await
-                .map_err(|e| self.failed(e))?;
-            Ok(Published {
-                position: (offset > 0).then_some(Position { offset, epoch }),
-                duplicate: duplicate == 1,
-            })
+                .map_err(|e| self.failed(e))
         }))
     }
 
@@ -161,18 +139,19 @@ impl History for RedisHistory {
         since: Option<u64>,
     ) -> BoxFuture<'_, Result<Page, HistoryError>> {
         let name = channel.as_str();
+        let keys = self.topics.keys();
         let size = self.policies.of(channel).map_or(0, |p| p.size);
         let mut pipeline = redis::pipe();
         pipeline
             .atomic()
             .cmd("HMGET")
-            .arg(self.topics.history_meta(name))
+            .arg(keys.history_meta(name))
             .arg("offset")
             .arg("epoch");
         if let Some(since) = since {
             pipeline
                 .cmd("XRANGE")
-                .arg(self.topics.history_stream(name))
+                .arg(keys.history_stream(name))
                 .arg(format!("(0-{since}"))
                 .arg("+")
                 .arg("COUNT")
@@ -186,8 +165,7 @@ impl History for RedisHistory {
                 .map_err(|e| self.failed(e))?;
             let mut replies = replies.into_iter();
             let (offset, epoch): (Option<u64>, Option<String>) =
-                redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
-                    .map_err(|e| HistoryError::Protocol(e.to_string()))?;
+                redis::from_redis_value(replies.next().unwrap_or(Value::Nil))?;
             let events = match replies.next() {
                 Some(entries) => parse_entries(entries)?,
                 None => Vec::new(),
@@ -208,20 +186,19 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// Reads XRANGE entries `[["0-<offset>", ["m", message]], …]`.
 fn parse_entries(reply: Value) -> Result<Vec<(u64, Bytes)>, HistoryError> {
-    let entries: Vec<StreamEntry> =
-        redis::from_redis_value(reply).map_err(|e| HistoryError::Protocol(e.to_string()))?;
+    let entries: Vec<StreamEntry> = redis::from_redis_value(reply)?;
     entries
         .into_iter()
         .map(|(id, fields)| {
             let offset = id
                 .strip_prefix("0-")
                 .and_then(|o| o.parse().ok())
-                .ok_or_else(|| HistoryError::Protocol(format!("stream entry id {id:?}")))?;
+                .ok_or_else(|| HistoryError::Entry(format!("stream entry id {id:?}")))?;
             let message = fields
                 .into_iter()
                 .find(|(name, _)| name == "m")
                 .map(|(_, message)| Bytes::from(message))
-                .ok_or_else(|| HistoryError::Protocol(format!("stream entry {id} has no m")))?;
+                .ok_or_else(|| HistoryError::Entry(format!("stream entry {id} has no m")))?;
             Ok((offset, message))
         })
         .collect()

@@ -9,6 +9,7 @@ mod fanout;
 mod local;
 mod recovery;
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
@@ -70,31 +71,38 @@ impl HubError {
     pub(crate) fn is_unavailable(&self) -> bool {
         matches!(self, Self::Broker(_) | Self::History(_))
     }
+
+    /// What a client or an API caller is told: no store's own words.
+    pub(crate) fn public_message(&self) -> Cow<'static, str> {
+        match self {
+            Self::Broker(error) => error.public_message().into(),
+            Self::History(error) => error.public_message().into(),
+            other => other.to_string().into(),
+        }
+    }
 }
 
 /// What a client is told of a hub error; the cause of a backend failure is logged, not sent.
 impl From<&HubError> for ClientError {
     fn from(error: &HubError) -> Self {
-        match error {
-            HubError::UnknownClient => Self::new(ErrorCode::Internal, "connection is closing"),
-            HubError::LimitExceeded(_) => Self::new(ErrorCode::LimitExceeded, error.to_string()),
+        let code = match error {
+            HubError::UnknownClient => ErrorCode::Internal,
+            HubError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             HubError::Broker(_) | HubError::History(_) => {
                 tracing::warn!(%error, "request failed on the bus or history");
-                Self::new(
-                    ErrorCode::Internal,
-                    "the bus or history is unavailable; try again",
-                )
+                ErrorCode::Internal
             }
-        }
+        };
+        Self::new(code, error.public_message())
     }
 }
 
 /// How a bus subscription stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum BusState {
     Pending,
     Ready,
-    Failed(String),
+    Failed(BrokerError),
 }
 
 /// Watches a bus subscription until the bus has answered it.
@@ -108,12 +116,12 @@ fn bus_failed(bus: &BusWatch) -> bool {
 /// Waits until the bus has answered a subscription: `Err` if it refused or failed.
 async fn bus_answer(mut bus: BusWatch) -> Result<(), BrokerError> {
     let state = bus
-        .wait_for(|s| *s != BusState::Pending)
+        .wait_for(|s| !matches!(s, BusState::Pending))
         .await
         .map(|s| s.clone())
-        .unwrap_or(BusState::Failed("subscription dropped".into()));
+        .unwrap_or(BusState::Failed(BrokerError::Closed));
     match state {
-        BusState::Failed(reason) => Err(BrokerError::Unavailable(reason)),
+        BusState::Failed(error) => Err(error),
         _ => Ok(()),
     }
 }
@@ -395,9 +403,9 @@ impl Hub {
         tokio::spawn(async move {
             let state = match confirm.await {
                 Ok(()) => BusState::Ready,
-                Err(e) => BusState::Failed(e.to_string()),
+                Err(e) => BusState::Failed(e),
             };
-            let ready = state == BusState::Ready;
+            let ready = matches!(state, BusState::Ready);
             let _ = tx.send(state);
             if ready {
                 confirmed(&tx);

@@ -20,7 +20,7 @@ use tungstenite::protocol::Role;
 
 use super::{ClientId, Connection, Hub, HubError, Recovery};
 use crate::broker::{BoxFuture, Broker, BrokerError, BusInbox, MemoryBroker, MemoryBus};
-use crate::cluster::{Cluster, MemoryRegistry};
+use crate::cluster::{Cluster, Registry};
 use crate::config::{Args, Config};
 use crate::history::{MemoryHistory, Policies};
 use crate::metrics::{Dropped, Metrics};
@@ -132,7 +132,7 @@ impl TestNode {
             "node-a".into(),
             &config.redis_prefix,
             broker.clone(),
-            Arc::new(MemoryRegistry::default()),
+            Registry::memory(),
             hub.clone(),
             config.namespaces.clone(),
             config.node_lease,

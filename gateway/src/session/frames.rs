@@ -178,7 +178,10 @@ impl Session {
                 };
                 self.reply(id, reply);
             }
-            Err(error) => self.reply_error(id, ErrorCode::Internal, &error.to_string()),
+            Err(error) => {
+                tracing::warn!(%error, "presence not read");
+                self.reply_error(id, ErrorCode::Internal, error.public_message());
+            }
         }
     }
 

@@ -203,7 +203,8 @@ async fn take_user_slot(node: &Node, claims: &Claims) -> Result<bool, CloseCode>
     match node
         .cluster
         .registry()
-        .acquire_user_slot(&node.config.node_id, user, cap)
+        .user_slots
+        .acquire(&node.config.node_id, user, cap)
         .await
     {
         Ok(true) => Ok(true),
@@ -223,9 +224,9 @@ async fn release_user_slot(node: &Node, claims: &Claims, taken: bool) {
     if !taken {
         return;
     }
-    let registry = node.cluster.registry();
-    let released = registry
-        .release_user_slot(&node.config.node_id, claims.user_id.as_str())
+    let user_slots = &node.cluster.registry().user_slots;
+    let released = user_slots
+        .release(&node.config.node_id, claims.user_id.as_str())
         .await;
     if let Err(error) = released {
         tracing::warn!(%error, "per-user connection slot not released");

@@ -10,6 +10,14 @@
 //! Exactly one target is set: `channel`, `client_type` or `"broadcast": true`. A publish to a
 //! user is a publish to that user's personal channel `#<user_id>`. Names are validated here,
 //! once, by the newtypes below; both the publisher and the gateway go through them.
+//!
+//! The rest of the Redis contract lives here too, so that the publisher and the gateway cannot
+//! drift apart: every topic and key name ([`Topics`], [`Keys`]), and the publish script with
+//! its arguments ([`PublishCall`]), the namespace settings it reads ([`HistoryPolicy`],
+//! [`IDEMPOTENCY_WINDOW_FIELD`]) and the position it puts into messages ([`with_position`]).
+
+mod names;
+mod script;
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
@@ -17,6 +25,13 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+pub(crate) use self::names::TopicArg;
+pub use self::names::{Keys, Topics};
+pub use self::script::{
+    DEFAULT_IDEMPOTENCY_WINDOW, HistoryPolicy, IDEMPOTENCY_WINDOW_FIELD, PUBLISH_SCRIPT,
+    PublishCall, Published, namespace_fields, namespace_policies, with_position,
+};
 
 /// Frame types the gateway itself sends or receives; an event may not be named like one.
 pub const RESERVED_EVENT_NAMES: &[&str] = &[
@@ -351,80 +366,6 @@ impl<'a> Envelope<'a> {
     }
 }
 
-/// Names of bus topics (Redis pub/sub channels) under a deployment's prefix.
-#[derive(Debug, Clone)]
-pub struct Topics {
-    prefix: String,
-}
-
-impl Topics {
-    /// Topics under `prefix` (`gw` by default), so several deployments can share one Redis.
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
-    }
-
-    /// The prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The topic of a channel: `<prefix>:ch:<channel>`.
-    pub fn channel(&self, channel: &str) -> String {
-        self.for_target(Target::Channel(channel))
-    }
-
-    /// The topic of a client type: `<prefix>:ct:<client_type>`.
-    pub fn client_type(&self, client_type: &str) -> String {
-        self.for_target(Target::ClientType(client_type))
-    }
-
-    /// The topic every node listens on for broadcasts: `<prefix>:broadcast`.
-    pub fn broadcast(&self) -> String {
-        self.for_target(Target::Broadcast)
-    }
-
-    /// The stream holding a channel's history: `<prefix>:{<channel>}:stream`.
-    pub fn history_stream(&self, channel: &str) -> String {
-        format!("{}:{{{channel}}}:stream", self.prefix)
-    }
-
-    /// The hash with a channel's last offset and epoch: `<prefix>:{<channel>}:meta`.
-    pub fn history_meta(&self, channel: &str) -> String {
-        format!("{}:{{{channel}}}:meta", self.prefix)
-    }
-
-    /// The hash of namespace history policies that the gateways publish:
-    /// `<prefix>:namespaces`, field = namespace, value = `"<size> <ttl_ms>"`.
-    pub fn namespaces(&self) -> String {
-        format!("{}:namespaces", self.prefix)
-    }
-
-    /// The key remembering an idempotent publish: `<prefix>:{<channel>}:idem:<key>`.
-    pub fn idempotency(&self, channel: &str, key: &str) -> String {
-        format!("{}:{{{channel}}}:idem:{key}", self.prefix)
-    }
-
-    /// The topic a message goes to.
-    pub fn for_target(&self, target: Target<'_>) -> String {
-        // `concat` sizes the string once.
-        self.target_parts(target).concat()
-    }
-
-    /// The pieces of [`Topics::for_target`], for writers that need no `String` of it.
-    pub fn target_parts<'a>(&'a self, target: Target<'a>) -> [&'a str; 3] {
-        match target {
-            Target::Channel(channel) => [&self.prefix, ":ch:", channel],
-            Target::ClientType(client_type) => [&self.prefix, ":ct:", client_type],
-            Target::Broadcast => [&self.prefix, ":broadcast", ""],
-        }
-    }
-}
-
-/// The script that publishes on a channel atomically with its history (see `docs/redis.md`).
-pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
-
 /// A channel history's position: the last offset and the epoch it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Position {
@@ -523,13 +464,5 @@ mod tests {
             Envelope::decode(b"{nope"),
             Err(WireError::Malformed(_))
         ));
-    }
-
-    #[test]
-    fn topics_carry_the_prefix() {
-        let topics = Topics::new("gw");
-        assert_eq!(topics.channel("#42"), "gw:ch:#42");
-        assert_eq!(topics.client_type("gui"), "gw:ct:gui");
-        assert_eq!(topics.for_target(Target::Broadcast), "gw:broadcast");
     }
 }
