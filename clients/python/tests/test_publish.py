@@ -36,7 +36,7 @@ def commands(publish: Publish, history: frozenset[str] | None) -> list[tuple[str
 
 
 def test_reserved_names_are_the_rust_publishers() -> None:
-    wire = (REPO / "publisher" / "src" / "wire.rs").read_text()
+    wire = (REPO / "publisher" / "src" / "wire" / "mod.rs").read_text()
     listed = wire.split("RESERVED_EVENT_NAMES: &[&str] = &[", 1)[1].split("];", 1)[0]
     assert set(re.findall(r'"([^"]+)"', listed)) == RESERVED_EVENT_NAMES
 

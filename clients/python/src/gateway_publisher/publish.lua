@@ -4,14 +4,19 @@
 -- KEYS[1] history stream  <prefix>:{<channel>}:stream  (entry id 0-<offset>, field m = message)
 -- KEYS[2] history meta    <prefix>:{<channel>}:meta    (hash: offset, epoch)
 -- KEYS[3] namespaces      <prefix>:namespaces          (hash: namespace -> "<size> <ttl_ms>",
+--                                                       and :idempotency_window_ms -> ms;
 --                                                       written by every gateway at start)
 -- KEYS[4] idempotency     <prefix>:{<channel>}:idem:<key>, or "" for none
 -- ARGV[1] topic           <prefix>:ch:<channel>
 -- ARGV[2] message         the bus message as a JSON object, without offset and epoch
 -- ARGV[3] namespace       the channel's namespace (default, personal, or the part before ':')
--- ARGV[4] window          how long an idempotency key is remembered, in milliseconds
--- ARGV[5] policy          optional "<size> <ttl_ms>": the namespace's policy, when the caller
---                         knows it (gateways do); otherwise it is read from KEYS[3]
+-- ARGV[4] window          how long an idempotency key is remembered, in milliseconds, or ""
+--                         for the gateways' window from KEYS[3] (300000 if none is there)
+-- ARGV[5] policy          "<size> <ttl_ms>": the namespace's policy, when the caller knows it
+--                         (gateways do), or "" to read it from KEYS[3]
+--
+-- The offset and epoch go into the message by the rule of publisher::wire::with_position: its
+-- closing '}' becomes ,"offset":<offset>,"epoch":"<epoch>"}.
 --
 -- Returns {offset, epoch, duplicate}: offset 0 and epoch "" where no history is kept;
 -- duplicate 1 when the idempotency key was seen, and then nothing is published.
@@ -40,7 +45,10 @@ if size > 0 then
     redis.call('HSET', KEYS[2], 'epoch', epoch)
   end
   offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-  message = string.sub(message, 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+  if string.sub(message, -1) == '}' then
+    message = string.sub(message, 1, -2)
+  end
+  message = message .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
   redis.call('XADD', KEYS[1], 'MAXLEN', size, '0-' .. offset, 'm', message)
   if ttl > 0 then
     redis.call('PEXPIRE', KEYS[1], ttl)
@@ -49,6 +57,13 @@ if size > 0 then
 end
 redis.call('PUBLISH', ARGV[1], message)
 if KEYS[4] ~= '' then
-  redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'PX', tonumber(ARGV[4]))
+  local window = ARGV[4]
+  if window == '' then
+    window = redis.call('HGET', KEYS[3], ':idempotency_window_ms') or '300000'
+  end
+  window = tonumber(window) or 300000
+  if window > 0 then
+    redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'PX', window)
+  end
 end
 return {offset, epoch, 0}
