@@ -353,20 +353,8 @@ impl Publisher {
     ) -> Result<Vec<Receipt>, PublishError> {
         // One batch is published at one moment: one timestamp for all its events.
         let timestamp = timestamp_now();
-        let mut messages: Vec<Message<'_>> = events
-            .iter()
-            .flat_map(|event| event.messages(&timestamp))
-            .collect();
         let history = self.history_namespaces(connection).await;
-        for message in &mut messages {
-            // The script is only needed where history or idempotency is; elsewhere, PUBLISH.
-            let plain = message.event.idempotency_key.is_none()
-                && message
-                    .channel()
-                    .zip(history.as_ref())
-                    .is_some_and(|(c, h)| !h.contains(c.namespace()));
-            message.scripted = message.channel().is_some() && !plain;
-        }
+        let messages = plan(events, &timestamp, history.as_deref());
         let all: Vec<usize> = (0..messages.len()).collect();
         let mut replies = match self.run(connection, &messages, &all).await {
             Err(error)
@@ -440,8 +428,19 @@ impl Publisher {
         messages: &[Message<'_>],
         indexes: &[usize],
     ) -> Result<Vec<Value>, redis::RedisError> {
-        let mut pipeline = redis::Pipeline::with_capacity(indexes.len() + 1);
         let load = !self.script_loaded.load(Ordering::Acquire);
+        let pipeline = self.pipeline(messages, indexes, load);
+        let replies: Vec<Value> = pipeline.query_async(connection).await?;
+        if load {
+            self.script_loaded.store(true, Ordering::Release);
+        }
+        Ok(replies)
+    }
+
+    /// The pipeline that publishes the messages at `indexes`, loading the script first when
+    /// `load`: the exact commands of `publisher/vectors/publish.json`.
+    fn pipeline(&self, messages: &[Message<'_>], indexes: &[usize], load: bool) -> redis::Pipeline {
+        let mut pipeline = redis::Pipeline::with_capacity(indexes.len() + 1);
         if load {
             pipeline.load_script(&self.script).ignore();
         }
@@ -485,12 +484,31 @@ impl Publisher {
                 }
             }
         }
-        let replies: Vec<Value> = pipeline.query_async(connection).await?;
-        if load {
-            self.script_loaded.store(true, Ordering::Release);
-        }
-        Ok(replies)
+        pipeline
     }
+}
+
+/// The bus messages of `events` published at `timestamp`, each marked for the history script
+/// where its namespace keeps history (`history`: `None` when unknown, then every channel
+/// message) or it carries an idempotency key; the others are plain PUBLISHes.
+fn plan<'e>(
+    events: &'e [Event],
+    timestamp: &'e str,
+    history: Option<&HashSet<String>>,
+) -> Vec<Message<'e>> {
+    let mut messages: Vec<Message<'e>> = events
+        .iter()
+        .flat_map(|event| event.messages(timestamp))
+        .collect();
+    for message in &mut messages {
+        let plain = message.event.idempotency_key.is_none()
+            && message
+                .channel()
+                .zip(history)
+                .is_some_and(|(c, h)| !h.contains(c.namespace()));
+        message.scripted = message.channel().is_some() && !plain;
+    }
+    messages
 }
 
 /// Reads the script's `[offset, epoch, duplicate]`, or PUBLISH's receiver count.
@@ -513,6 +531,9 @@ fn receipt(
         duplicate: published.duplicate,
     })
 }
+
+#[cfg(test)]
+mod vectors;
 
 #[cfg(test)]
 mod tests {
