@@ -22,3 +22,4 @@ cargo test --workspace --all-targets --locked "$@"
 cargo test --workspace --doc --locked
 ./scripts/validate-deploy.sh
 ./clients/python/scripts/ci.sh
+./clients/js/scripts/ci.sh

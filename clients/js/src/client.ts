@@ -220,8 +220,10 @@ export class GatewayClient extends Emitter<ClientEvents> {
         release: (name) => this.release(name),
       });
       this.channels.set(channel, shared);
-      if (this.currentState === "connected") this.scheduleSubscribe();
+    } else if (shared.state === "rejected") {
+      shared.state = "pending"; // a new subscriber asks again
     }
+    if (shared.state === "pending" && this.currentState === "connected") this.scheduleSubscribe();
     return shared.join(handlers);
   }
 

@@ -17,6 +17,10 @@ export type ClientErrorCode =
   | "timeout"
   /** A subscription was refused by the server (`subscribed.rejected`). */
   | "subscription_rejected"
+  /** The server unsubscribed the connection from a channel (an operator's `/api/unsubscribe`). */
+  | "unsubscribed"
+  /** The server answered a request with a frame of another type. */
+  | "bad_reply"
   /** The token getter failed. */
   | "token";
 

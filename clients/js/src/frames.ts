@@ -177,6 +177,7 @@ export interface DisconnectFrame {
   type: "disconnect";
   code: number;
   reconnect_after_ms?: number;
+  reason?: string;
 }
 
 export type ReplyFrame =

@@ -138,23 +138,34 @@ async function redisPing(port: number): Promise<boolean> {
 export class TestRedis {
   private constructor(
     readonly port: number,
-    private readonly child: ChildProcess,
+    private child: ChildProcess,
     readonly dir: string,
   ) {}
 
   static async start(): Promise<TestRedis> {
     const port = await freePort();
     const dir = tempDir("redis");
-    const child = track(
+    const redis = new TestRedis(port, TestRedis.spawn(port, dir), dir);
+    await waitFor(`redis-server on port ${port}`, () => redisPing(port), 10_000);
+    return redis;
+  }
+
+  /** Kills the server and starts it again on the same port, empty: every history is lost. */
+  async restart(): Promise<void> {
+    this.child.kill("SIGKILL");
+    await exited(this.child);
+    this.child = TestRedis.spawn(this.port, this.dir);
+    await waitFor(`redis-server on port ${this.port} again`, () => redisPing(this.port), 10_000);
+  }
+
+  private static spawn(port: number, dir: string): ChildProcess {
+    return track(
       spawn(
         "redis-server",
         ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", join(dir, "redis.log")],
         { stdio: "ignore" },
       ),
     );
-    const redis = new TestRedis(port, child, dir);
-    await waitFor(`redis-server on port ${port}`, () => redisPing(port), 10_000);
-    return redis;
   }
 
   get url(): string {

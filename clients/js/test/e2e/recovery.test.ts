@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 
 import type { GatewayClient, Position, SubscribedInfo } from "../../src/index.js";
-import { Cluster, signToken, waitFor } from "../harness.js";
+import { Cluster, signToken, sleep, waitFor } from "../harness.js";
 import { connected, nodeClient, range, record, sequence } from "./helpers.js";
 
 describe("recovery", () => {
@@ -61,6 +61,12 @@ describe("recovery", () => {
     clients.push(client);
     const seen = record(client);
     const subscribed: SubscribedInfo[] = [];
+    const personal: number[] = [];
+    const personalSubscribed: SubscribedInfo[] = [];
+    client.subscribe("#reader2", {
+      onEvent: (event) => personal.push((event.data as { i: number }).i),
+      onSubscribed: (info) => personalSubscribed.push(info),
+    });
     client.subscribe("long-feed", {
       onReload: () => assert.fail("no reload: history holds every missed event"),
       onSubscribed: (info) => subscribed.push(info),
@@ -81,5 +87,60 @@ describe("recovery", () => {
     assert.equal(subscribed[1]?.recovered, true);
     assert.deepEqual(sequence(seen.events, "item", "long-feed"), range(1, 10));
     assert.deepEqual(sequence(seen.events, "note", "#reader2"), [1, 2], "the personal channel is recovered too");
+    assert.deepEqual(personal, [1, 2], "a subscription to the personal channel sees its events");
+    assert.deepEqual(
+      personalSubscribed.map((info) => info.recovered),
+      [undefined, true],
+      "subscribed by the server on each connection, recovered on the second",
+    );
+  });
+});
+
+describe("history lost under a live connection", () => {
+  let cluster: Cluster | undefined;
+  let client: GatewayClient | undefined;
+  after(async () => {
+    client?.close();
+    await cluster?.stop();
+  });
+
+  it("calls onReload when the server sends reload, and takes the new epoch's events", { timeout: 90_000 }, async () => {
+    cluster = await Cluster.start({ replicas: 1 });
+    const c = cluster;
+    client = nodeClient({ url: c.url, token: signToken("survivor") });
+    const seen = record(client);
+    const reloads: Position[] = [];
+    const items: number[] = [];
+    let subscribed = 0;
+    client.subscribe("lost", {
+      onEvent: (event) => items.push((event.data as { i: number }).i),
+      onReload: (position) => reloads.push(position),
+      onSubscribed: () => subscribed++,
+    });
+    client.connect();
+    await waitFor("subscribed", () => subscribed === 1);
+    let epoch: unknown;
+    for (let i = 1; i <= 3; i++) epoch = (await c.publish({ channel: "lost", event: "item", data: { i } }))["epoch"];
+    await waitFor("three events", () => items.length === 3);
+
+    // Redis comes back empty: offsets start again at 1 in a new epoch.
+    await c.redis.restart();
+    await waitFor("the bus back", async () => (await c.replicas[0]?.ready()) === 200, 30_000);
+    const published = await c.publish({ channel: "lost", event: "item", data: { i: 4 } });
+    assert.notEqual(published["epoch"], epoch);
+    await sleep(500);
+    await c.publish({ channel: "lost", event: "item", data: { i: 5 } });
+    await waitFor("the event after the reload", () => items.includes(5), 20_000);
+    await sleep(300);
+
+    // Event 4 arrives live, or, when the node caught up after it was published, is covered by
+    // the reload: the reload's position is then past it.
+    const last = reloads.at(-1);
+    assert.ok(last, "told to reload");
+    assert.equal(last.epoch === "" || last.epoch === published["epoch"], true, JSON.stringify(reloads));
+    if (items.includes(4)) assert.deepEqual(items, [1, 2, 3, 4, 5]);
+    else assert.ok(items.join() === "1,2,3,5" && last.offset >= 1, `${items.join()} ${JSON.stringify(reloads)}`);
+    assert.deepEqual(seen.disconnects, [], "never disconnected");
+    assert.deepEqual(client.subscribe("lost").position, { offset: 2, epoch: published["epoch"] });
   });
 });
