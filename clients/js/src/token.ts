@@ -44,13 +44,13 @@ export const MAX_REFRESH_MARGIN_MS = 60_000;
 
 /**
  * How long to wait before refreshing a token that expires at `expiresAtMs`: a quarter of its
- * remaining life before expiry, at most {@link MAX_REFRESH_MARGIN_MS} before it. 0 when it is
- * due now.
+ * remaining life before expiry, but at least a second (or half the remaining life, if less) and at
+ * most {@link MAX_REFRESH_MARGIN_MS} before it. 0 when it is due now.
  */
 export function refreshDelayMs(expiresAtMs: number, nowMs: number): number {
   const left = expiresAtMs - nowMs;
   if (left <= 0) return 0;
-  const margin = Math.min(MAX_REFRESH_MARGIN_MS, left / 4);
+  const margin = Math.min(MAX_REFRESH_MARGIN_MS, Math.max(left / 4, Math.min(1000, left / 2)));
   return Math.max(0, Math.floor(left - margin));
 }
 

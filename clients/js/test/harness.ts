@@ -45,12 +45,28 @@ history_size = 100
 history_ttl = "10m"
 `;
 
+/** Every process started and scratch directory made, for the last-resort cleanup on exit. */
 const children = new Set<ChildProcess>();
+const groups = new WeakSet<ChildProcess>();
+const dirs = new Set<string>();
+
+/** SIGKILL to the child, or to its whole process group (nginx: the master and its workers). */
+function killHard(child: ChildProcess): void {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  if (groups.has(child) && child.pid !== undefined) {
+    try {
+      process.kill(-child.pid, "SIGKILL");
+      return;
+    } catch {
+      // the group is gone already
+    }
+  }
+  child.kill("SIGKILL");
+}
 
 function killAll(): void {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-  }
+  for (const child of children) killHard(child);
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 }
 process.on("exit", killAll);
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
@@ -99,11 +115,20 @@ export function signToken(sub: string, ttlSeconds = 3600, secret = JWT_SECRET, e
 }
 
 function tempDir(name: string): string {
-  return mkdtempSync(join(tmpdir(), `gw-js-${name}-`));
+  const dir = mkdtempSync(join(tmpdir(), `gw-js-${name}-`));
+  dirs.add(dir);
+  return dir;
 }
 
-function track(child: ChildProcess): ChildProcess {
+function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  dirs.delete(dir);
+}
+
+/** Tracks `child` for the cleanup on exit; `group`: it was spawned detached, as a process group. */
+function track(child: ChildProcess, group = false): ChildProcess {
   children.add(child);
+  if (group) groups.add(child);
   child.on("exit", () => children.delete(child));
   return child;
 }
@@ -175,7 +200,7 @@ export class TestRedis {
   async stop(): Promise<void> {
     this.child.kill("SIGKILL");
     await exited(this.child);
-    rmSync(this.dir, { recursive: true, force: true });
+    removeDir(this.dir);
   }
 }
 
@@ -243,6 +268,7 @@ export class TestGateway {
         child.kill("SIGKILL");
         await exited(child);
         const logText = tail(join(dir, "gateway.log"));
+        removeDir(dir);
         if (attempt < 3 && /in use|AddrInUse/.test(logText)) continue;
         throw new Error(`${String(error)}\n${logText}`, { cause: error });
       }
@@ -292,7 +318,7 @@ export class TestGateway {
 
   async stop(): Promise<void> {
     await this.kill();
-    rmSync(this.dir, { recursive: true, force: true });
+    removeDir(this.dir);
   }
 }
 
@@ -353,7 +379,11 @@ ${root}
 `;
     writeFileSync(join(dir, "nginx.conf"), conf);
     const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
-    const child = track(spawn(nginx, ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: ["ignore", "ignore", "pipe"] }));
+    // Its own process group: killing the group takes the workers too, which outlive a killed master.
+    const child = track(
+      spawn(nginx, ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: ["ignore", "ignore", "pipe"], detached: true }),
+      true,
+    );
     let stderr = "";
     child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
     const proxy = new TestNginx(port, child, dir);
@@ -373,16 +403,16 @@ ${root}
         15_000,
       );
     } catch (error) {
-      child.kill("SIGKILL");
+      killHard(child);
       throw new Error(`${String(error)}\n${stderr}\n${tail(join(dir, "error.log"))}`, { cause: error });
     }
     return proxy;
   }
 
   async stop(): Promise<void> {
-    this.child.kill("SIGKILL");
+    killHard(this.child);
     await exited(this.child);
-    rmSync(this.dir, { recursive: true, force: true });
+    removeDir(this.dir);
   }
 }
 

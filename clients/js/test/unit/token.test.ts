@@ -25,9 +25,11 @@ describe("tokens", () => {
     assert.deepEqual(readClaims(`a.${Buffer.from("[1]").toString("base64url")}.c`), {});
   });
 
-  it("refreshes a quarter of the remaining life before expiry, at most a minute before", () => {
+  it("refreshes a quarter of the remaining life before expiry, at least a second and at most a minute before", () => {
     const now = 1_000_000;
-    assert.equal(refreshDelayMs(now + 3000, now), 2250);
+    assert.equal(refreshDelayMs(now + 3000, now), 2000);
+    assert.equal(refreshDelayMs(now + 8000, now), 6000);
+    assert.equal(refreshDelayMs(now + 1000, now), 500);
     assert.equal(refreshDelayMs(now + 3_600_000, now), 3_540_000);
     assert.equal(refreshDelayMs(now + 240_000, now), 180_000);
     assert.equal(refreshDelayMs(now - 1, now), 0);
