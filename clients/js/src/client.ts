@@ -164,6 +164,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   private lastFrameAt = 0;
   private lastPingAt = 0;
+  private lastCheckAt = 0;
   private heartbeatMs = 25_000;
   private removeBrowserListeners: (() => void) | undefined;
 
@@ -275,12 +276,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
       if (name !== "websocket") continue; // sse and poll: not built in yet
       const Impl =
         this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-      if (Impl) factories.push(webSocketTransport(Impl));
+      if (!Impl) {
+        throw new Error("no WebSocket implementation: pass one as the `WebSocket` option (e.g. the ws package on Node before 22)");
+      }
+      factories.push(webSocketTransport(Impl));
     }
     if (factories.length === 0) {
-      throw new Error(
-        "no transport available: pass a WebSocket implementation (`WebSocket` option, e.g. the ws package on Node before 22)",
-      );
+      throw new Error(`none of the transports ${JSON.stringify(names)} is available: this version has "websocket"`);
     }
     return factories;
   }
@@ -727,13 +729,26 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const now = Date.now();
     this.lastFrameAt = now;
     this.lastPingAt = now;
+    this.lastCheckAt = now;
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = setInterval(() => this.checkHeartbeat(), Math.max(50, this.heartbeatMs / 4));
+    this.heartbeatTimer = setInterval(() => this.checkHeartbeat(), this.checkEveryMs());
+  }
+
+  private checkEveryMs(): number {
+    return Math.max(50, this.heartbeatMs / 4);
   }
 
   /** Pings once per heartbeat interval; a connection silent for two intervals is dead. */
   private checkHeartbeat(): void {
     const now = Date.now();
+    const late = now - this.lastCheckAt > 2 * this.checkEveryMs();
+    this.lastCheckAt = now;
+    if (late) {
+      // The timer itself was held up (a throttled background tab, a sleeping laptop): the
+      // silence says nothing about the socket yet. Ask it, and judge on a punctual tick.
+      this.ping(now);
+      return;
+    }
     if (now - this.lastFrameAt >= 2 * this.heartbeatMs) {
       this.drop(1006, `no frame for ${2 * this.heartbeatMs} ms`);
       return;

@@ -108,6 +108,48 @@ describe("the gallery in Chromium", () => {
     await page.close();
   });
 
+  it("drops the socket when the browser goes offline and reconnects the moment it is back", { timeout: 120_000 }, async () => {
+    const single = await Cluster.start({ replicas: 1, staticRoot: APP_DIR });
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      page.on("pageerror", (error) => pageErrors.push(String(error)));
+      await page.goto(`${single.httpUrl}/?token=${signToken("43")}`);
+      await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
+
+      const wentOffline = Date.now();
+      await context.setOffline(true);
+      await page.waitForSelector("[data-testid=connection]:not([data-state=connected])", { timeout: 5_000 });
+      assert.ok(Date.now() - wentOffline < 2_000, "the offline event drops the connection at once");
+      for (const id of ["p1", "p2"]) {
+        await single.publish({ user: "43", event: "photo:updated", data: { photo_id: id, status: "completed" } });
+      }
+      await sleep(5_000); // reconnect attempts fail and back off meanwhile
+      assert.notEqual((await connection(page)).state, "connected");
+
+      const cameBack = Date.now();
+      await context.setOffline(false);
+      await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
+      const reconnectedAfter = Date.now() - cameBack;
+      assert.ok(reconnectedAfter < 1_500, `reconnected ${reconnectedAfter} ms after the online event, not after the backoff`);
+      await page.waitForSelector("[data-testid=summary][data-completed='2']", { timeout: 10_000 });
+      await sleep(300);
+      const updated = (await photos(page)).filter((p) => p.updates > 0);
+      assert.deepEqual(
+        updated.map((p) => [p.id, p.status, p.updates]),
+        [
+          ["p1", "completed", 1],
+          ["p2", "completed", 1],
+        ],
+        "what was published while offline, recovered once",
+      );
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await context.close();
+      await single.stop();
+    }
+  });
+
   it("under StrictMode, twelve components share one subscription and see each event once", { timeout: 120_000 }, async () => {
     const dev = await Cluster.start({ replicas: 1, staticRoot: DEV_APP_DIR });
     try {
