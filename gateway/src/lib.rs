@@ -65,6 +65,8 @@ use crate::node::Node;
 const BUS_INBOX_CAPACITY: usize = 65_536;
 /// How long open TLS connections get to finish once the listener stops.
 const TLS_GRACE: Duration = Duration::from_secs(1);
+/// How long the listeners get to finish their connections after the drain.
+const LISTENER_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +123,16 @@ pub async fn run(
     shutdown.await;
     drain(&node).await;
     let _ = stop_listeners.send(true);
-    for task in [public_task, admin_task] {
-        if let Ok(result) = task.await {
-            result?;
+    for mut task in [public_task, admin_task] {
+        // A client that stopped reading holds its HTTP connection open (an SSE stream whose
+        // session ended is never polled again): past the grace time, it is dropped.
+        match tokio::time::timeout(LISTENER_GRACE, &mut task).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {}
+            Err(_) => {
+                tracing::warn!("connections still open after the drain: closing them");
+                task.abort();
+            }
         }
     }
     Ok(())
@@ -238,12 +247,19 @@ async fn serve_public(
     stop: watch::Receiver<bool>,
 ) -> Result<ListenerTask, GatewayError> {
     let tls = node.config.tls.clone();
+    let node_idle_timeout = node.config.idle_timeout;
     let router = server::router(node);
     let Some((cert, key)) = tls else {
         // Frames are small and latency-bound: no Nagle delay behind an unacknowledged one.
-        let listener = listener.tap_io(|tcp| {
+        let unread = node_idle_timeout;
+        let listener = listener.tap_io(move |tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+            // A peer that takes no bytes for this long is gone, even if it still acknowledges
+            // (a stalled reader behind a zero window): the kernel drops the connection.
+            if let Err(error) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(unread)) {
+                tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
             }
         });
         let server = axum::serve(listener, router).with_graceful_shutdown(until_stopped(stop));

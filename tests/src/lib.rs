@@ -25,6 +25,7 @@
 mod checks;
 mod client;
 mod gateway;
+mod http_stream;
 mod prometheus;
 mod proxy;
 mod token;
@@ -39,6 +40,10 @@ pub use client::{
     brief, with_header, ws_request,
 };
 pub use gateway::{GatewayConfig, TestGateway};
+pub use http_stream::{
+    HttpRefusal, PollAnswer, Poller, SSE_RECV_TIMEOUT, SseEnd, SseMessage, SseStream,
+    decode_cursor, get_poll, http_client,
+};
 pub use prometheus::{TestPrometheus, promtool, samples_of};
 pub use proxy::StallProxy;
 pub use reqwest::StatusCode;

@@ -286,9 +286,11 @@ fn refused_session(code: u16, reason: &str) -> HttpError {
     HttpError::new(status, code, format!("the session was refused: {reason}"))
 }
 
-/// Adds the CORS headers for an allowed browser origin (refused origins never get here).
-fn with_cors(headers: &HeaderMap, mut response: Response) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
+/// Adds the CORS headers when the request comes from an allowed browser origin.
+fn with_cors(node: &Node, headers: &HeaderMap, mut response: Response) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && node.origin_allowed(origin.to_str().unwrap_or_default())
+    {
         let out = response.headers_mut();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         out.insert(
@@ -324,5 +326,5 @@ pub(crate) async fn preflight(
         ],
     )
         .into_response();
-    with_cors(&headers, response)
+    with_cors(&node, &headers, response)
 }

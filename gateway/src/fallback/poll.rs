@@ -33,11 +33,11 @@ pub(crate) async fn poll(
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    let response = match answer(node, &query, &headers).await {
+    let response = match answer(Arc::clone(&node), &query, &headers).await {
         Ok(response) => response,
         Err(refusal) => refusal.into_response(),
     };
-    with_cors(&headers, response)
+    with_cors(&node, &headers, response)
 }
 
 async fn answer(
@@ -51,9 +51,11 @@ async fn answer(
     let mut tracker = Tracker::new(&request);
     let mut frames = Vec::new();
     let head = collect_head(&mut client, &request, &mut tracker, &mut frames).await?;
-    if matches!(head, Head::Subscribed) && request.cursor.is_some() {
+    if let Head::Subscribed { quiet } = head
+        && request.cursor.is_some()
+    {
         let deadline = Instant::now() + wait;
-        collect_events(&mut client, &mut tracker, &mut frames, deadline).await;
+        collect_events(&mut client, &mut tracker, &mut frames, quiet, deadline).await;
     }
     client.close();
     let body = format!(
@@ -88,8 +90,13 @@ fn wait(query: &[(String, String)]) -> Result<Duration, HttpError> {
 
 /// How the head of a poll ended.
 enum Head {
-    /// The session is established and subscribed.
-    Subscribed,
+    /// The session is established and subscribed; the first `quiet` frames collected only
+    /// repeat refused channels, which is no reason to answer before the timeout (a client
+    /// that keeps asking for a refused channel would otherwise poll in a tight loop).
+    Subscribed {
+        /// Collected frames that are no reason to answer yet.
+        quiet: usize,
+    },
     /// The session ended (drain, operator disconnect, expiry): answer now.
     Ended,
 }
@@ -105,6 +112,7 @@ async fn collect_head(
 ) -> Result<Head, HttpError> {
     let first_poll = request.cursor.is_none();
     let mut established = false;
+    let mut quiet = 0;
     loop {
         match client.next().await {
             Incoming::Ping => {}
@@ -119,33 +127,40 @@ async fn collect_head(
                 let frame: Value = serde_json::from_str(&text).unwrap_or_default();
                 let kind = tracker.apply(&frame);
                 let head = kind == "connection_established" || kind == "subscribed";
-                if first_poll || !head || reports_loss(&frame) {
+                if first_poll || !head || unrecovered(&frame) {
                     frames.push(text);
+                } else if rejected(&frame) {
+                    frames.push(text);
+                    quiet += 1;
                 }
                 if kind == "connection_established" {
                     established = true;
                     client.subscribe(request).await;
                     if request.channels.is_empty() {
-                        return Ok(Head::Subscribed);
+                        return Ok(Head::Subscribed { quiet });
                     }
                 }
                 if kind == "subscribed" {
-                    return Ok(Head::Subscribed);
+                    return Ok(Head::Subscribed { quiet });
                 }
             }
         }
     }
 }
 
-/// Whether a head frame tells of a refused channel or one that could not be recovered.
-fn reports_loss(frame: &Value) -> bool {
-    let unrecovered = |recovered: &Value| match recovered {
+/// Whether a head frame tells of a channel that could not be recovered: the client must
+/// reload it.
+fn unrecovered(frame: &Value) -> bool {
+    match &frame["recovered"] {
         Value::Bool(ok) => !ok,
         Value::Object(channels) => channels.values().any(|ok| ok == &Value::Bool(false)),
         _ => false,
-    };
-    let rejected = frame["rejected"].as_array().is_some_and(|r| !r.is_empty());
-    rejected || unrecovered(&frame["recovered"])
+    }
+}
+
+/// Whether a head frame lists refused channels.
+fn rejected(frame: &Value) -> bool {
+    frame["rejected"].as_array().is_some_and(|r| !r.is_empty())
 }
 
 /// Collects frames until there is something to deliver (then lingers briefly for more) or
@@ -154,11 +169,12 @@ async fn collect_events(
     client: &mut LocalClient,
     tracker: &mut Tracker,
     frames: &mut Vec<String>,
+    quiet: usize,
     deadline: Instant,
 ) {
     let mut deadline = deadline;
     loop {
-        let linger = !frames.is_empty();
+        let linger = frames.len() > quiet;
         if linger {
             deadline = deadline.min(Instant::now() + LINGER);
         }

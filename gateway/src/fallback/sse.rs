@@ -37,16 +37,20 @@ pub(crate) async fn sse(
 ) -> Response {
     let request = match Request::admit(&node, &query, &headers, true) {
         Ok(request) => request,
-        Err(refusal) => return with_cors(&headers, refusal.into_response()),
+        Err(refusal) => return with_cors(&node, &headers, refusal.into_response()),
     };
-    let mut client = LocalClient::open(node, &request, Transport::Sse).await;
+    let mut client = LocalClient::open(Arc::clone(&node), &request, Transport::Sse).await;
     // Until the session is established, a refusal can still be an HTTP status.
     let first = loop {
         match client.next().await {
             Incoming::Frame(text) => break text,
             Incoming::Ping => {}
             Incoming::Closed(code, reason) => {
-                return with_cors(&headers, refused_session(code, &reason).into_response());
+                return with_cors(
+                    &node,
+                    &headers,
+                    refused_session(code, &reason).into_response(),
+                );
             }
         }
     };
@@ -66,7 +70,7 @@ pub(crate) async fn sse(
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    with_cors(&headers, response)
+    with_cors(&node, &headers, response)
 }
 
 /// The stream's next message; `None` once the session ended and the client was told why.
