@@ -297,6 +297,10 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.clearTimer("reconnectTimer");
     const generation = ++this.generation;
     this.setState("connecting");
+    // Covers the token getter too: one that never answers does not hold the client forever.
+    this.connectTimer = setTimeout(() => {
+      if (generation === this.generation) this.drop(1006, "connect timeout");
+    }, this.options.connectTimeoutMs ?? 15_000);
     let token: string;
     try {
       token = await fetchToken(this.options.token);
@@ -314,9 +318,6 @@ export class GatewayClient extends Emitter<ClientEvents> {
     for (const name of this.serverChannels()) channelMap.set(name, this.positions.get(name));
     const personal = this.personalChannel;
     const personalSince = personal === undefined ? undefined : this.positions.get(personal);
-    this.connectTimer = setTimeout(() => {
-      if (generation === this.generation) this.drop(1006, "connect timeout");
-    }, this.options.connectTimeoutMs ?? 15_000);
     try {
       this.socket = factory.open(
         { url: this.options.url, token, channels: channelMap, personal: personalSince },
