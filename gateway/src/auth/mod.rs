@@ -141,6 +141,11 @@ impl Authenticator {
     }
 
     /// Checks signature, algorithm, exp, nbf, aud, iss and the claims' shape.
+    /// The clock skew allowed on `exp` and `nbf` (the configured one, capped).
+    pub(crate) fn leeway(&self) -> Duration {
+        Duration::from_secs(self.policy.leeway)
+    }
+
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -159,7 +164,15 @@ impl Authenticator {
                 break;
             }
         }
-        result?.claims.into_claims()
+        let claims = result?.claims.into_claims()?;
+        // jsonwebtoken compares whole seconds and accepts a token through its `exp` second;
+        // a session expires at the exact instant, so such a token would connect and be
+        // closed with 4002 at once.
+        let leeway = self.leeway();
+        if claims.expires_at + leeway <= SystemTime::now() {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
     }
 
     /// The keys a token signed with `alg` (and naming `kid`) may be checked against, best first.

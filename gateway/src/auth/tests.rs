@@ -311,6 +311,19 @@ fn expired_and_not_yet_valid_tokens_are_refused() {
 }
 
 #[test]
+fn a_token_is_refused_from_the_instant_it_expires() {
+    let auth = Authenticator::new(&AuthSettings {
+        leeway: Duration::ZERO,
+        ..secret_settings()
+    })
+    .unwrap();
+    // `exp` is this very second: it has passed, or passes within the second, while the
+    // whole-second check of jsonwebtoken still accepts it.
+    let expiring = hs(Algorithm::HS256, &json!({ "sub": "1", "exp": now() }));
+    assert!(matches!(auth.verify(&expiring), Err(AuthError::Expired)));
+}
+
+#[test]
 fn missing_exp_is_refused() {
     let auth = Authenticator::new(&secret_settings()).unwrap();
     let err = auth

@@ -384,7 +384,7 @@ impl Session {
     }
 
     fn expiry_deadline(&self) -> Instant {
-        let leeway = self.node.config.auth.leeway;
+        let leeway = self.node.auth.leeway();
         let left = self
             .claims
             .expires_at
