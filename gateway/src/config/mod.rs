@@ -1,14 +1,17 @@
 //! Configuration: command-line flags and `GATEWAY_*` variables over an optional TOML file over
 //! documented defaults, validated once at startup.
 
+mod sources;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use serde::Deserialize;
 
+pub use self::sources::Args;
+use self::sources::FileConfig;
 use crate::auth::AuthSettings;
 
 /// A configuration that cannot be used, with a message that says what to change.
@@ -47,154 +50,6 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
-
-/// Flags and environment variables. Every setting is optional here; defaults are applied in
-/// [`Config::load`] after the TOML file.
-#[derive(Debug, Default, Parser)]
-#[command(name = "gateway", version, about = "Real-time WebSocket gateway")]
-pub struct Args {
-    /// TOML file with settings and namespaces.
-    #[arg(long, env = "GATEWAY_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Public listener: /ws and /healthz [default: 0.0.0.0:8080].
-    #[arg(long, env = "GATEWAY_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Admin listener: /metrics, /readyz, /api/* [default: 0.0.0.0:9090].
-    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// redis:// or rediss:// URL of the bus; unset runs one node on the in-memory bus.
-    #[arg(long, env = "GATEWAY_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key and channel [default: gw].
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
-    pub redis_prefix: Option<String>,
-    /// Dedicated Redis connections for subscriptions [default: 2].
-    #[arg(long, env = "GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS")]
-    pub redis_subscription_connections: Option<usize>,
-    /// Pooled Redis connections for publishing and commands [default: 8].
-    #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE")]
-    pub redis_pool_size: Option<usize>,
-    /// This node's id [default: hostname plus a random suffix].
-    #[arg(long, env = "GATEWAY_NODE_ID")]
-    pub node_id: Option<String>,
-    /// HMAC secret for HS256/384/512 tokens.
-    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// PEM public key for RS*, PS*, ES256/384 or EdDSA tokens.
-    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
-    /// JWKS document; the key is chosen by the token's `kid`.
-    #[arg(long, env = "GATEWAY_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Required `aud` claim.
-    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Required `iss` claim.
-    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Clock skew allowed on `exp` and `nbf` [default: 5s].
-    #[arg(long, env = "GATEWAY_JWT_LEEWAY", value_parser = duration)]
-    pub jwt_leeway: Option<Duration>,
-    /// Key for the admin API (`Authorization: Bearer <key>`).
-    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Comma-separated origins browsers may connect from; unset allows any.
-    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Option<Vec<String>>,
-    /// Largest inbound frame in bytes [default: 524288].
-    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Bytes queued for one connection before it is closed as a slow consumer [default: 1048576].
-    #[arg(long, env = "GATEWAY_OUTBOX_MAX_BYTES")]
-    pub outbox_max_bytes: Option<usize>,
-    /// Channels one connection may subscribe to [default: 128].
-    #[arg(long, env = "GATEWAY_MAX_CHANNELS_PER_CONNECTION")]
-    pub max_channels_per_connection: Option<usize>,
-    /// Client frames per second per connection [default: 100].
-    #[arg(long, env = "GATEWAY_RATE_LIMIT_PER_SECOND")]
-    pub rate_limit_per_second: Option<u32>,
-    /// Burst of client frames above the rate [default: 200].
-    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST")]
-    pub rate_limit_burst: Option<u32>,
-    /// Interval of server pings, and the interval advised to clients [default: 25s].
-    #[arg(long, env = "GATEWAY_HEARTBEAT_INTERVAL", value_parser = duration)]
-    pub heartbeat_interval: Option<Duration>,
-    /// A connection silent this long is closed [default: 60s].
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", value_parser = duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Longest a shutdown waits for clients to be told and closed [default: 20s].
-    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", value_parser = duration)]
-    pub drain_timeout: Option<Duration>,
-    /// Upper bound of the jittered `reconnect_after_ms` sent when draining [default: 5s].
-    #[arg(long, env = "GATEWAY_DRAIN_RECONNECT_MAX", value_parser = duration)]
-    pub drain_reconnect_max: Option<Duration>,
-    /// PEM certificate chain: the public listener serves wss itself (with GATEWAY_TLS_KEY).
-    #[arg(long, env = "GATEWAY_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of GATEWAY_TLS_CERT.
-    #[arg(long, env = "GATEWAY_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// How long a node's lease lasts; a node silent this long is dropped from the cluster
-    /// view [default: 10s].
-    #[arg(long, env = "GATEWAY_NODE_LEASE", value_parser = duration)]
-    pub node_lease: Option<Duration>,
-    /// Connections one user may hold across the cluster; 0 is unlimited [default: 0].
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER")]
-    pub max_connections_per_user: Option<usize>,
-    /// How long an idempotency key is remembered [default: 5m].
-    #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW", value_parser = duration)]
-    pub idempotency_window: Option<Duration>,
-    /// Log format [default: text].
-    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-}
-
-/// The TOML file: the same settings as [`Args`], in snake_case, plus namespaces.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
-    redis_url: Option<String>,
-    redis_prefix: Option<String>,
-    redis_subscription_connections: Option<usize>,
-    redis_pool_size: Option<usize>,
-    node_id: Option<String>,
-    jwt_public_key_file: Option<PathBuf>,
-    jwks_file: Option<PathBuf>,
-    jwt_audience: Option<String>,
-    jwt_issuer: Option<String>,
-    #[serde(default, with = "humantime_serde_opt")]
-    jwt_leeway: Option<Duration>,
-    allowed_origins: Option<Vec<String>>,
-    max_message_bytes: Option<usize>,
-    outbox_max_bytes: Option<usize>,
-    max_channels_per_connection: Option<usize>,
-    rate_limit_per_second: Option<u32>,
-    rate_limit_burst: Option<u32>,
-    #[serde(default, with = "humantime_serde_opt")]
-    heartbeat_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    drain_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    drain_reconnect_max: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    idempotency_window: Option<Duration>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    #[serde(default, with = "humantime_serde_opt")]
-    node_lease: Option<Duration>,
-    max_connections_per_user: Option<usize>,
-    log_format: Option<LogFormat>,
-    #[serde(default)]
-    namespaces: HashMap<String, NamespaceConfig>,
-}
-
 /// Who may subscribe to a namespace's channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,7 +83,7 @@ pub struct NamespaceConfig {
     #[serde(default)]
     pub history_size: usize,
     /// How long events are kept.
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "sources::humantime_serde_opt")]
     pub history_ttl: Option<Duration>,
 }
 
@@ -636,91 +491,6 @@ fn default_node_id() -> String {
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-/// Serde helpers for optional humantime durations ("10m", "25s") in the TOML file.
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn with_file(toml: &str) -> Result<Config, ConfigError> {
-        let path = std::env::temp_dir().join(format!("gw-config-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, toml).unwrap();
-        let args = Args {
-            config: Some(path.clone()),
-            ..Args::default()
-        };
-        let result = Config::load(args);
-        let _ = std::fs::remove_file(path);
-        result
-    }
-
-    #[test]
-    fn defaults_are_development_mode_on_the_spec_ports() {
-        let config = Config::load(Args::default()).unwrap();
-        assert!(config.is_development());
-        assert_eq!(config.listen.port(), 8080);
-        assert_eq!(config.admin_listen.port(), 9090);
-        assert_eq!(config.limits.max_message_bytes, 524_288);
-        assert_eq!(config.redis_prefix, "gw");
-        assert!(config.namespaces.get("default").is_some());
-        assert!(config.namespaces.get("personal").is_some());
-    }
-
-    #[test]
-    fn namespaces_come_from_the_file_and_flags_win() {
-        let config = with_file(
-            r#"
-            max_channels_per_connection = 7
-            [namespaces.room]
-            subscribe = "claims"
-            client_publish = true
-            presence = true
-            history_size = 100
-            history_ttl = "10m"
-            "#,
-        )
-        .unwrap();
-        let room = config.namespaces.get("room").unwrap();
-        assert_eq!(room.subscribe, SubscribePolicy::Claims);
-        assert!(room.client_publish);
-        assert_eq!(room.history_ttl, Some(Duration::from_secs(600)));
-        assert_eq!(config.limits.max_channels_per_connection, 7);
-    }
-
-    #[test]
-    fn contradictions_are_refused_with_a_clear_message() {
-        let err = with_file("[namespaces.x]\nhistory_size = 5\n").unwrap_err();
-        assert!(err.to_string().contains("history_ttl"), "{err}");
-        let err = with_file("bogus = 1\n").unwrap_err();
-        assert!(err.to_string().contains("bogus"), "{err}");
-        let only_key = Args {
-            api_key: Some("k".into()),
-            ..Args::default()
-        };
-        assert!(
-            Config::load(only_key)
-                .unwrap_err()
-                .to_string()
-                .contains("token key")
-        );
-        let short_idle = Args {
-            idle_timeout: Some(Duration::from_secs(1)),
-            ..Args::default()
-        };
-        assert!(Config::load(short_idle).is_err());
-    }
-}
+mod tests;

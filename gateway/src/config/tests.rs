@@ -1,0 +1,69 @@
+use super::*;
+
+fn with_file(toml: &str) -> Result<Config, ConfigError> {
+    let path = std::env::temp_dir().join(format!("gw-config-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, toml).unwrap();
+    let args = Args {
+        config: Some(path.clone()),
+        ..Args::default()
+    };
+    let result = Config::load(args);
+    let _ = std::fs::remove_file(path);
+    result
+}
+
+#[test]
+fn defaults_are_development_mode_on_the_spec_ports() {
+    let config = Config::load(Args::default()).unwrap();
+    assert!(config.is_development());
+    assert_eq!(config.listen.port(), 8080);
+    assert_eq!(config.admin_listen.port(), 9090);
+    assert_eq!(config.limits.max_message_bytes, 524_288);
+    assert_eq!(config.redis_prefix, "gw");
+    assert!(config.namespaces.get("default").is_some());
+    assert!(config.namespaces.get("personal").is_some());
+}
+
+#[test]
+fn namespaces_come_from_the_file_and_flags_win() {
+    let config = with_file(
+        r#"
+        max_channels_per_connection = 7
+        [namespaces.room]
+        subscribe = "claims"
+        client_publish = true
+        presence = true
+        history_size = 100
+        history_ttl = "10m"
+        "#,
+    )
+    .unwrap();
+    let room = config.namespaces.get("room").unwrap();
+    assert_eq!(room.subscribe, SubscribePolicy::Claims);
+    assert!(room.client_publish);
+    assert_eq!(room.history_ttl, Some(Duration::from_secs(600)));
+    assert_eq!(config.limits.max_channels_per_connection, 7);
+}
+
+#[test]
+fn contradictions_are_refused_with_a_clear_message() {
+    let err = with_file("[namespaces.x]\nhistory_size = 5\n").unwrap_err();
+    assert!(err.to_string().contains("history_ttl"), "{err}");
+    let err = with_file("bogus = 1\n").unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+    let only_key = Args {
+        api_key: Some("k".into()),
+        ..Args::default()
+    };
+    assert!(
+        Config::load(only_key)
+            .unwrap_err()
+            .to_string()
+            .contains("token key")
+    );
+    let short_idle = Args {
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..Args::default()
+    };
+    assert!(Config::load(short_idle).is_err());
+}

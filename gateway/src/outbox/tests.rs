@@ -1,0 +1,142 @@
+use std::future::poll_fn;
+
+use tokio::io::{AsyncReadExt, DuplexStream, duplex};
+
+use super::frame::text_frame;
+use super::*;
+
+fn outbox(pipe: usize, limit: usize) -> (Outbox, DuplexStream, Arc<Metrics>) {
+    let (ours, theirs) = duplex(pipe);
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let outbox = Outbox::new(ours, limit, Arc::clone(&metrics));
+    outbox.release();
+    (outbox, theirs, metrics)
+}
+
+async fn read_exactly(peer: &mut DuplexStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    peer.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
+#[test]
+fn frames_have_the_shortest_length_header() {
+    let short = text_frame(b"hi");
+    assert_eq!(&short[..], b"\x81\x02hi");
+    let medium = text_frame(&[b'x'; 300]);
+    assert_eq!(&medium[..4], &[0x81, 126, 1, 44]);
+    assert_eq!(medium.len(), 304);
+    let long = text_frame(&[b'x'; 70_000]);
+    assert_eq!(&long[..2], &[0x81, 127]);
+    assert_eq!(&long[2..10], &70_000u64.to_be_bytes());
+    for len in [0, 125, 126, 65_535, 65_536] {
+        let json = "x".repeat(len);
+        assert_eq!(OutFrame::reply(&json).json(), json);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_socket_is_written_at_once() {
+    let (outbox, mut peer, metrics) = outbox(1024, 100);
+    outbox.push(&OutFrame::reply("hello")).unwrap();
+    assert_eq!(outbox.queued_bytes(), 0);
+    assert_eq!(read_exactly(&mut peer, 7).await, b"\x81\x05hello");
+    assert_eq!(metrics.messages_sent.get(), 1);
+}
+
+#[tokio::test]
+async fn a_full_socket_gets_a_backlog_that_drains_in_order() {
+    let (outbox, mut peer, metrics) = outbox(10, 1000);
+    for word in ["first", "second", "third"] {
+        outbox.push(&OutFrame::reply(word)).unwrap();
+    }
+    assert!(outbox.queued_bytes() > 0, "the pipe takes only 10 bytes");
+    assert_eq!(
+        metrics.outbox_bytes.get(),
+        gauge_bytes(outbox.queued_bytes())
+    );
+    let reader = tokio::spawn(async move { read_exactly(&mut peer, 7 + 8 + 7).await });
+    poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+    assert_eq!(
+        reader.await.unwrap(),
+        b"\x81\x05first\x81\x06second\x81\x05third"
+    );
+    assert_eq!(outbox.queued_bytes(), 0);
+    assert_eq!(metrics.outbox_bytes.get(), 0);
+    assert_eq!(metrics.messages_sent.get(), 3);
+}
+
+#[tokio::test]
+async fn a_corked_round_writes_each_socket_once_at_its_end() {
+    let (outbox, mut peer, metrics) = outbox(1024, 100);
+    corked(|| {
+        outbox.push(&OutFrame::reply("one")).unwrap();
+        outbox.push(&OutFrame::reply("two")).unwrap();
+        assert_eq!(
+            outbox.queued_bytes(),
+            10,
+            "nothing written during the round"
+        );
+    });
+    assert_eq!(outbox.queued_bytes(), 0);
+    assert_eq!(read_exactly(&mut peer, 10).await, b"\x81\x03one\x81\x03two");
+    assert_eq!(metrics.messages_sent.get(), 2);
+    outbox.push(&OutFrame::reply("three")).unwrap();
+    assert_eq!(
+        outbox.queued_bytes(),
+        0,
+        "outside a round, frames go straight out"
+    );
+}
+
+#[tokio::test]
+async fn held_frames_wait_behind_the_first() {
+    let (ours, mut peer) = duplex(1024);
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let outbox = Outbox::new(ours, 100, metrics);
+    outbox.push(&OutFrame::reply("event")).unwrap();
+    outbox.push_first(&OutFrame::reply("hello"));
+    outbox.release();
+    outbox.backlog_signal().await;
+    poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+    assert_eq!(
+        read_exactly(&mut peer, 14).await,
+        b"\x81\x05hello\x81\x05event"
+    );
+}
+
+#[tokio::test]
+async fn overflow_closes_as_slow_consumer_once() {
+    let (outbox, _peer, _) = outbox(4, 20);
+    outbox.push(&OutFrame::reply("0123456789")).unwrap();
+    assert_eq!(outbox.queued_bytes(), 8, "the pipe took 4 of 12 bytes");
+    outbox.push(&OutFrame::reply("0123456789")).unwrap();
+    assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Overflow));
+    assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Closed));
+    assert_eq!(outbox.closing().await, CloseCode::SlowConsumer);
+    assert!(!outbox.close(CloseCode::ShuttingDown), "first code wins");
+}
+
+#[tokio::test]
+async fn discarding_keeps_a_frame_already_started() {
+    let (outbox, mut peer, metrics) = outbox(4, 100);
+    outbox.push(&OutFrame::reply("0123456789")).unwrap();
+    outbox.push(&OutFrame::reply("abc")).unwrap();
+    outbox.discard_backlog();
+    assert_eq!(outbox.queued_bytes(), 8);
+    let reader = tokio::spawn(async move { read_exactly(&mut peer, 12).await });
+    poll_fn(|cx| outbox.poll_drain(cx)).await.unwrap();
+    assert_eq!(reader.await.unwrap(), b"\x81\x0a0123456789");
+    outbox.shut();
+    assert_eq!(metrics.outbox_bytes.get(), 0);
+    assert_eq!(outbox.push(&OutFrame::reply("x")), Err(PushError::Closed));
+}
+
+#[tokio::test]
+async fn the_gauge_forgets_a_backlog_left_behind() {
+    let (outbox, _peer, metrics) = outbox(2, 100);
+    outbox.push(&OutFrame::reply("0123456789")).unwrap();
+    assert_eq!(metrics.outbox_bytes.get(), 10);
+    drop(outbox);
+    assert_eq!(metrics.outbox_bytes.get(), 0);
+}
