@@ -742,7 +742,11 @@ async fn a_refused_channel_alone_does_not_end_a_polls_wait() {
     );
     let frames = answer.frames();
     assert_eq!(frames.len(), 1, "{}", answer.body);
-    assert_eq!(frames[0]["rejected"][0]["channel"], "nope:1", "{}", answer.body);
+    assert_eq!(
+        frames[0]["rejected"][0]["channel"], "nope:1",
+        "{}",
+        answer.body
+    );
 }
 
 #[tokio::test]
