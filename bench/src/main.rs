@@ -6,7 +6,8 @@
 //!
 //! ```sh
 //! cargo run --release -p bench -- idle            # or hot-channel, many-channels, storm,
-//! cargo run --release -p bench -- idle --smoke    #    slow-consumers, publisher, all
+//! cargo run --release -p bench -- idle --smoke    #    slow-consumers, publisher,
+//!                                                 #    socket-floor, fallback, all
 //! ```
 //!
 //! Layout: `procs` (Redis, gateways, cleanup), `fleet` and `worker` (client processes and
@@ -35,6 +36,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use crate::fleet::FleetOptions;
 use crate::report::Report;
 use crate::scenarios::Bench;
+use crate::scenarios::fallback::FallbackArgs;
 use crate::scenarios::floor::FloorArgs;
 use crate::scenarios::hot::HotArgs;
 use crate::scenarios::idle::IdleArgs;
@@ -86,6 +88,10 @@ enum Scenario {
     /// 7. The socket floor: the kernel's cost of one small write to one of many loopback
     ///    sockets, with no gateway; the bound under the gateway's cost per delivery.
     SocketFloor(FloorArgs),
+    /// 8. Fallback transports: gateway memory per idle SSE stream and per waiting long-poll
+    ///    next to a WebSocket's, CPU per delivery over SSE and WebSocket, first polls per
+    ///    second and per gateway CPU-second.
+    Fallback(FallbackArgs),
     /// Every scenario in turn, each with its defaults.
     All,
     /// (internal) A client worker process; the driver starts these itself.
@@ -161,6 +167,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::SlowConsumers(args) => vec![scenarios::slow::run(&bench, args).await?],
         Scenario::Publisher(args) => vec![scenarios::publish::run(&bench, args).await?],
         Scenario::SocketFloor(args) => vec![scenarios::floor::run(&bench, args).await?],
+        Scenario::Fallback(args) => vec![scenarios::fallback::run(&bench, args).await?],
         Scenario::All => run_all(&bench, cli.json).await?,
         Scenario::Worker { .. } => Vec::new(),
     };
@@ -200,6 +207,7 @@ async fn run_all(bench: &Bench, json: bool) -> Result<Vec<Report>> {
     done(scenarios::slow::run(bench, &defaults()?).await?);
     done(scenarios::publish::run(bench, &defaults()?).await?);
     done(scenarios::floor::run(bench, &defaults()?).await?);
+    done(scenarios::fallback::run(bench, &defaults()?).await?);
     Ok(reports)
 }
 

@@ -183,3 +183,19 @@ fn socket_floor() {
         ],
     );
 }
+
+#[test]
+fn fallback() {
+    let out = smoke(&["fallback"]);
+    assert_figures(
+        &out,
+        &[
+            "WebSocket: gateway RSS per connection",
+            "SSE: gateway RSS per stream",
+            "long-poll: gateway RSS per waiting poll",
+            "SSE: gateway CPU per delivery",
+            "long-poll: first polls per second",
+            "long-poll: polls per gateway CPU-second (per core)",
+        ],
+    );
+}

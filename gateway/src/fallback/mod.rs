@@ -37,6 +37,9 @@ use crate::view::Transport;
 /// session's outbox fills, and a client that does not read is closed as a slow consumer.
 const LOCAL_SOCKET_BYTES: usize = 64 * 1024;
 
+/// Bytes a transport's client of its session reads at once.
+const LOCAL_READ_BUFFER: usize = 4096;
+
 /// A fallback request, admitted: who, which channels, from where.
 pub(crate) struct Request {
     claims: Claims,
@@ -130,8 +133,11 @@ impl LocalClient {
             .cloned();
         let claims = request.claims.clone();
         tokio::spawn(session::run(node, server, Some(claims), since, transport));
-        // The session limits what it sends; its client takes whatever it is given.
+        // The session limits what it sends; its client takes whatever it is given. A small
+        // read buffer: tungstenite keeps (and zeroes before each read) the whole buffer, and
+        // the default 128 KiB made an idle SSE stream cost 36 WebSockets.
         let config = WebSocketConfig::default()
+            .read_buffer_size(LOCAL_READ_BUFFER)
             .max_message_size(None)
             .max_frame_size(None);
         let socket = WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await;
