@@ -1,5 +1,6 @@
 // The core's size as a browser app ships it: dist/index.js bundled and minified by esbuild,
-// then gzipped. Fails above the 10 KB budget. Also prints the React hooks (react excluded).
+// then gzipped. Fails above the 10 KB budget, and if either bundle takes in the Node publisher or
+// its Redis client. Also prints the React hooks (react excluded).
 import { gzipSync } from "node:zlib";
 
 import { build } from "esbuild";
@@ -15,7 +16,13 @@ async function size(entry, external = []) {
     platform: "browser",
     external,
     write: false,
+    metafile: true,
   });
+  const nodeOnly = Object.keys(result.metafile.inputs).filter((input) => /(^|\/)(publisher|node_modules\/(redis|@redis)\/)/.test(input));
+  if (nodeOnly.length > 0) {
+    console.error(`${entry} bundles what only the Node publisher needs: ${nodeOnly.join(", ")}`);
+    process.exit(1);
+  }
   const code = result.outputFiles[0].contents;
   return { minified: code.length, gzipped: gzipSync(code, { level: 9 }).length };
 }
