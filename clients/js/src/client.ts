@@ -11,6 +11,7 @@
  */
 
 import { Backoff, type BackoffOptions } from "./backoff.js";
+import { decodeCursor, encodeCursor } from "./cursor.js";
 import { Emitter } from "./emitter.js";
 import { GatewayError } from "./errors.js";
 import {
@@ -31,14 +32,19 @@ import {
   type RequestId,
   type SubscribedFrame,
 } from "./frames.js";
+import { afterAttempt, type Attempt } from "./fallback.js";
 import { closeAction } from "./policy.js";
+import { pollTransport } from "./poll.js";
 import { Positions } from "./positions.js";
 import { byteLength, OfflineQueue, type QueueOptions } from "./queue.js";
+import { sseTransport } from "./sse.js";
 import { SharedChannel, type Subscription, type SubscriptionHandlers } from "./subscription.js";
 import { fetchToken, readClaims, refreshDelayMs, type TokenSource } from "./token.js";
 import {
+  type OneWayRequest,
   type Transport,
   type TransportFactory,
+  type TransportHandlers,
   type TransportName,
   type WebSocketConstructor,
   webSocketTransport,
@@ -51,12 +57,18 @@ export interface GatewayClientOptions {
   url: string;
   /** A token, or a function that fetches one (called before each connect and before expiry). */
   token: TokenSource;
-  /** Transports in fallback order (default `["websocket", "sse", "poll"]`; those not built in are skipped). */
+  /**
+   * Transports in fallback order (default `["websocket", "sse", "poll"]`): the client moves to
+   * the next one when one cannot connect, and tries WebSocket again now and then while on a
+   * later one. `sse` and `poll` need a global `fetch`; without one they are skipped.
+   */
   transports?: TransportName[];
   /** A WebSocket implementation, e.g. `ws` on Node before 22 (default: the global one). */
   WebSocket?: WebSocketConstructor;
   /** Reconnect delays (default 500 ms to 20 s, full jitter). */
   backoff?: BackoffOptions;
+  /** How often WebSocket is tried again while on SSE or poll (default 30 s, then backing off up to 5 min). */
+  upgradeBackoff?: BackoffOptions;
   /** A connection up this long resets the backoff (default 5000 ms). */
   stableAfterMs?: number;
   /** The offline queue's bounds (default 100 requests, 256 KiB). */
@@ -117,12 +129,37 @@ export type ClientEvents = {
 };
 
 const DEFAULT_TRANSPORTS: TransportName[] = ["websocket", "sse", "poll"];
+const HTTP_TRANSPORTS = { sse: sseTransport, poll: pollTransport };
+
+/** The browser says it is offline (failures then say nothing about the transport). */
+function isOffline(): boolean {
+  return (globalThis as { navigator?: { onLine?: boolean } }).navigator?.onLine === false;
+}
 
 interface Pending {
   expect: ReplyFrame["type"];
   resolve(frame: ReplyFrame): void;
   reject(error: GatewayError): void;
   timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+/** The channels a one-way transport asked for, and the positions it asked from. */
+interface Asked {
+  since: Record<string, Position>;
+  sent: Map<string, SharedChannel | undefined>;
+}
+
+/** A WebSocket opened beside a one-way transport, to move back to it once it is subscribed. */
+interface Probe {
+  transport: Transport | undefined;
+  /** Its frames until the switch. */
+  frames: unknown[];
+  /** What its `subscribe` asked for; its id. */
+  asked: Asked | undefined;
+  id: RequestId | undefined;
+  /** The client's generation once it is the connection (-1 before). */
+  generation: number;
+  timer: ReturnType<typeof setTimeout>;
 }
 
 /** A request held while offline. */
@@ -137,6 +174,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private readonly options: GatewayClientOptions;
   private readonly factories: TransportFactory[];
   private readonly backoff: Backoff;
+  private readonly upgradeBackoff: Backoff;
   private readonly positions = new Positions();
   private readonly channels = new Map<string, SharedChannel>();
   private readonly queue: OfflineQueue<QueuedRequest>;
@@ -147,6 +185,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private generation = 0;
   private socket: Transport | undefined;
   private info: ConnectionInfo | undefined;
+  /** The transport connections are made with: an index in `factories`. */
+  private transportIndex = 0;
+  /** Attempts in a row on that transport that did not get to `connection_established`. */
+  private failures = 0;
+  /** On a one-way transport: what its last request asked for. */
+  private asked: Asked | undefined;
+  private probe: Probe | undefined;
   private token: string | undefined;
   /** The user of the last token or connection: its personal channel is `#<user>`. */
   private userId: string | undefined;
@@ -161,6 +206,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
   private stableTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private upgradeTimer: ReturnType<typeof setTimeout> | undefined;
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   private lastFrameAt = 0;
   private lastPingAt = 0;
@@ -172,6 +218,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     super();
     this.options = options;
     this.backoff = new Backoff(options.backoff);
+    this.upgradeBackoff = new Backoff(options.upgradeBackoff ?? { minDelayMs: 30_000, maxDelayMs: 300_000 });
     this.queue = new OfflineQueue(options.queue);
     this.factories = this.resolveTransports(options.transports ?? DEFAULT_TRANSPORTS);
   }
@@ -272,17 +319,23 @@ export class GatewayClient extends Emitter<ClientEvents> {
 
   private resolveTransports(names: TransportName[]): TransportFactory[] {
     const factories: TransportFactory[] = [];
-    for (const name of names) {
-      if (name !== "websocket") continue; // sse and poll: not built in yet
-      const Impl =
-        this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-      if (!Impl) {
-        throw new Error("no WebSocket implementation: pass one as the `WebSocket` option (e.g. the ws package on Node before 22)");
+    const fetchable = typeof (globalThis as { fetch?: unknown }).fetch === "function";
+    for (const name of new Set(names)) {
+      if (name === "websocket") {
+        const Impl =
+          this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+        if (!Impl) {
+          throw new Error("no WebSocket implementation: pass one as the `WebSocket` option (e.g. the ws package on Node before 22), or leave \"websocket\" out of `transports`");
+        }
+        factories.push(webSocketTransport(Impl));
+      } else {
+        // Names this version does not know (from plain JavaScript) are skipped.
+        const factory = (HTTP_TRANSPORTS as Partial<Record<string, TransportFactory>>)[name];
+        if (factory && fetchable) factories.push(factory);
       }
-      factories.push(webSocketTransport(Impl));
     }
     if (factories.length === 0) {
-      throw new Error(`none of the transports ${JSON.stringify(names)} is available: this version has "websocket"`);
+      throw new Error(`none of the transports ${JSON.stringify(names)} is available (sse and poll need a global fetch)`);
     }
     return factories;
   }
@@ -313,31 +366,41 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if (generation !== this.generation) return;
     this.token = token;
     this.userId = readClaims(token).userId ?? this.userId;
-    const factory = this.factories[0] as TransportFactory;
-    const channelMap = new Map<string, Position | undefined>();
-    for (const name of this.serverChannels()) channelMap.set(name, this.positions.get(name));
-    const personal = this.personalChannel;
-    const personalSince = personal === undefined ? undefined : this.positions.get(personal);
+    const factory = this.factories[this.transportIndex] as TransportFactory;
     try {
       this.socket = factory.open(
-        { url: this.options.url, token, channels: channelMap, personal: personalSince },
-        {
-          onOpen: () => {
-            if (generation !== this.generation) return;
-            const socket = this.socket;
-            if (socket?.duplex) socket.send(personalSince ? { type: "auth", token, since: personalSince } : { type: "auth", token });
-          },
-          onFrame: (frame) => {
-            if (generation === this.generation) this.onFrame(frame, factory.name);
-          },
-          onClose: (code, reason) => {
-            if (generation === this.generation) this.lost(code, reason);
-          },
-        },
+        { url: this.options.url, request: () => this.oneWayRequest() },
+        this.handlers(generation, factory.name, () => {
+          const personal = this.personalChannel;
+          const since = personal === undefined ? undefined : this.positions.get(personal);
+          this.socket?.send(since ? { type: "auth", token, since } : { type: "auth", token });
+        }),
       );
     } catch (cause) {
       this.lost(1006, `cannot open the transport: ${String(cause)}`);
     }
+  }
+
+  /** The handlers of the connection of `generation` over `transport`; `onOpen` authenticates a duplex one. */
+  private handlers(generation: number | (() => boolean), transport: TransportName, onOpen: () => void): TransportHandlers {
+    const live = typeof generation === "number" ? () => generation === this.generation : generation;
+    return {
+      onOpen: () => {
+        if (live()) onOpen();
+      },
+      onFrame: (frame) => {
+        if (live()) this.onFrame(frame, transport);
+      },
+      onAlive: () => {
+        if (live()) this.lastFrameAt = Date.now();
+      },
+      onCursor: (cursor) => {
+        if (live()) this.foldCursor(cursor);
+      },
+      onClose: (code, reason, httpStatus) => {
+        if (live()) this.lost(code, reason, httpStatus);
+      },
+    };
   }
 
   /** Gives up on the current transport without waiting for it to close (dead or offline). */
@@ -349,7 +412,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
   }
 
   /** The connection ended: decide what next from the close code. */
-  private lost(code: number, reason: string): void {
+  private lost(code: number, reason: string, httpStatus?: number): void {
+    // An attempt that opened a transport and did not get to connection_established counts
+    // against that transport (a failing token getter or connect timeout before it does not).
+    const attempted = this.socket !== undefined;
+    const established = this.info !== undefined;
     this.generation++;
     this.socket = undefined;
     this.endConnection(new GatewayError("disconnected", `the connection closed (${code}) before the reply came`));
@@ -360,6 +427,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
       this.stop(code, reason, new GatewayError("closed", `the server closed the connection with ${code} (${reason})`));
       return;
     }
+    if (attempted) this.judgeTransport({ established, code, httpStatus, offline: isOffline() });
     // A token refused as expired again right after a new one: back off rather than storm.
     const repeatedExpiry = code === 4002 && this.expiredInARow++ > 0;
     const delay = action.kind === "wait" && !repeatedExpiry ? action.delayMs : this.backoff.next();
@@ -369,6 +437,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
       this.reconnectTimer = undefined;
       void this.open();
     }, delay);
+  }
+
+  /** Moves to the next transport when the current one cannot connect (`fallback.ts`). */
+  private judgeTransport(attempt: Attempt): void {
+    const { failures, fallBack } = afterAttempt(this.failures, attempt);
+    this.failures = failures;
+    if (fallBack) this.transportIndex = (this.transportIndex + 1) % this.factories.length;
   }
 
   private stop(code: number, reason: string, error: GatewayError): void {
@@ -391,9 +466,12 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.clearTimer("connectTimer");
     this.clearTimer("stableTimer");
     this.clearTimer("refreshTimer");
+    this.clearTimer("upgradeTimer");
+    this.endProbe();
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
     this.info = undefined;
+    this.asked = undefined;
     const pending = [...this.pending.values()];
     this.pending.clear();
     for (const request of pending) {
@@ -409,7 +487,7 @@ export class GatewayClient extends Emitter<ClientEvents> {
     void this.open();
   }
 
-  private clearTimer(name: "reconnectTimer" | "connectTimer" | "stableTimer" | "refreshTimer"): void {
+  private clearTimer(name: "reconnectTimer" | "connectTimer" | "stableTimer" | "refreshTimer" | "upgradeTimer"): void {
     const timer = this[name];
     if (timer !== undefined) clearTimeout(timer);
     this[name] = undefined;
@@ -419,6 +497,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
 
   private send(frame: ClientFrame): void {
     this.socket?.send(frame);
+  }
+
+  /** Whether the connection is over a one-way transport (SSE, poll). */
+  private get oneWay(): boolean {
+    return this.socket?.duplex === false;
   }
 
   private onFrame(value: unknown, transport: TransportName): void {
@@ -453,8 +536,10 @@ export class GatewayClient extends Emitter<ClientEvents> {
         this.advisedDelayMs = frame.reconnect_after_ms;
         return;
       case "subscribed":
-        // Replies to our own subscribe frames only (they all carry an id).
+        // Replies to our own subscribe frames (they all carry an id), or to a one-way
+        // transport's request.
         if (frame.id !== undefined) this.settle(frame);
+        else if (this.asked) this.onSubscribed(frame, this.asked);
         return;
       case "unsubscribed":
         if (frame.id !== undefined) this.settle(frame);
@@ -471,18 +556,24 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const personal = `#${frame.user_id}`;
     if (this.userId !== undefined && this.userId !== frame.user_id) this.positions.delete(`#${this.userId}`);
     this.userId = frame.user_id;
+    // A one-way transport's new request (a reopened stream, a poll that reports a reload): the
+    // same connection goes on.
+    const reopened = this.currentState === "connected" && this.info?.transport === transport;
     this.info = { clientId: frame.client_id, userId: frame.user_id, nodeId: frame.node_id, transport };
     if (frame.position) {
       if (frame.recovered === false) this.reloadChannel(personal, frame.position);
       else if (frame.recovered === undefined && !this.positions.get(personal)) this.positions.set(personal, frame.position);
     }
+    if (reopened) return;
     this.heartbeatMs = frame.heartbeat_interval_ms > 0 ? frame.heartbeat_interval_ms : (this.options.heartbeatIntervalMs ?? 25_000);
     this.startHeartbeat();
+    this.clearTimer("stableTimer");
     this.stableTimer = setTimeout(() => {
       this.backoff.reset();
       this.expiredInARow = 0;
     }, this.options.stableAfterMs ?? 5000);
     this.scheduleRefresh();
+    this.scheduleUpgrade();
     this.setState("connected");
     this.emit("connected", this.info);
     const personalShared = this.channels.get(personal);
@@ -541,30 +632,71 @@ export class GatewayClient extends Emitter<ClientEvents> {
         shared.subscribed({ channel: name, recovered: undefined, position: this.positions.get(name) });
         continue;
       }
-      shared.state = "subscribing";
       names.push(name);
     }
     if (names.length === 0) return;
-    const since = this.positions.since(names);
+    // A one-way transport subscribes by asking again, with the new channel set.
+    if (this.oneWay) {
+      this.socket?.update();
+      return;
+    }
+    const asked = this.ask(names);
+    const since = Object.keys(asked.since).length > 0 ? asked.since : undefined;
     const frame: ClientFrame = since ? { type: "subscribe", channels: names, since } : { type: "subscribe", channels: names };
-    // The reply applies to these very channel objects, not to ones made again since.
-    const sent = new Map(names.map((name) => [name, this.channels.get(name)]));
     this.request<SubscribedFrame>(frame, "subscribed", false).then(
-      (reply) => this.onSubscribed(reply, since ?? {}, sent),
+      (reply) => this.onSubscribed(reply, asked),
       () => {
         // Lost with the connection: the channels are subscribed again on the next one.
       },
     );
   }
 
-  private onSubscribed(
-    reply: SubscribedFrame,
-    since: Record<string, Position>,
-    sent: Map<string, SharedChannel | undefined>,
-  ): void {
+  /**
+   * Marks `names` as being subscribed and notes from where: the reply applies to these very
+   * channel objects, not to ones made again since.
+   */
+  private ask(names: string[]): Asked {
+    const sent = new Map<string, SharedChannel | undefined>();
+    for (const name of names) {
+      const shared = this.channels.get(name);
+      if (shared?.state === "pending") shared.state = "subscribing";
+      sent.set(name, shared);
+    }
+    return { since: this.positions.since(names) ?? {}, sent };
+  }
+
+  /** What a one-way transport asks for now: every channel, from the client's positions. */
+  private oneWayRequest(): OneWayRequest {
+    const channels = this.serverChannels();
+    this.asked = this.ask(channels);
+    const personal = this.personalChannel;
+    const positions = this.positions.since(personal === undefined ? channels : [...channels, personal]);
+    return { token: this.token ?? "", channels, cursor: positions && encodeCursor(positions) };
+  }
+
+  /**
+   * A poll's answer: its cursor holds the positions the server started channels from where it
+   * said nothing (a channel added to a poll is confirmed only by the answer), so take those the
+   * client has none of; the channels asked for are subscribed now.
+   */
+  private foldCursor(cursor: string): void {
+    const positions = decodeCursor(cursor) ?? {};
+    for (const [name, position] of Object.entries(positions)) {
+      if ((this.channels.has(name) || name === this.personalChannel) && !this.positions.get(name)) this.positions.set(name, position);
+    }
+    for (const [name, shared] of this.asked?.sent ?? []) {
+      if (shared?.state === "subscribing" && this.channels.get(name) === shared) {
+        shared.subscribed({ channel: name, recovered: undefined, position: this.positions.get(name) });
+      }
+    }
+  }
+
+  private onSubscribed(reply: SubscribedFrame, asked: Asked): void {
+    const { since, sent } = asked;
+    // Replies of one-way transports repeat channels already subscribed: only a reload is news then.
     const current = (name: string): SharedChannel | undefined => {
       const shared = this.channels.get(name);
-      return shared && shared === sent.get(name) && shared.state === "subscribing" ? shared : undefined;
+      return shared && shared === sent.get(name) && shared.state !== "rejected" ? shared : undefined;
     };
     for (const name of reply.channels) {
       const shared = current(name);
@@ -573,14 +705,14 @@ export class GatewayClient extends Emitter<ClientEvents> {
       const position = reply.positions?.[name];
       if (recovered === false && position) {
         this.reloadChannel(name, position);
-      } else if (position && since[name] === undefined) {
+      } else if (position && since[name] === undefined && !this.positions.get(name)) {
         this.positions.set(name, position);
       }
-      shared.subscribed({ channel: name, recovered, position });
+      if (shared.state === "subscribing") shared.subscribed({ channel: name, recovered, position });
     }
     for (const rejection of reply.rejected) {
       const shared = current(rejection.channel);
-      if (!shared) continue;
+      if (shared?.state !== "subscribing") continue;
       const error = new GatewayError(
         rejection.code,
         `subscription to ${rejection.channel} refused (${rejection.code})${rejection.message ? `: ${rejection.message}` : ""}`,
@@ -599,7 +731,8 @@ export class GatewayClient extends Emitter<ClientEvents> {
     if (name === this.personalChannel) return; // the server keeps it; so do we, with its position
     this.positions.delete(name);
     if (this.currentState === "connected" && (shared.state === "subscribing" || shared.state === "subscribed")) {
-      this.request({ type: "unsubscribe", channels: [name] }, "unsubscribed", false).catch(() => {});
+      if (this.oneWay) this.socket?.update();
+      else this.request({ type: "unsubscribe", channels: [name] }, "unsubscribed", false).catch(() => {});
     }
   }
 
@@ -617,7 +750,8 @@ export class GatewayClient extends Emitter<ClientEvents> {
         reject,
       };
       if (this.currentState === "connected") {
-        this.sendRequest(frame, settle);
+        if (this.oneWay) reject(this.notSupported(frame.type));
+        else this.sendRequest(frame, settle);
         return;
       }
       if (!queueable || this.currentState === "closed") {
@@ -658,13 +792,27 @@ export class GatewayClient extends Emitter<ClientEvents> {
     else request.reject(new GatewayError("bad_reply", `expected ${request.expect}, got ${frame.type}`));
   }
 
+  /** A request that needs a WebSocket, on a one-way transport. */
+  private notSupported(type: string): GatewayError {
+    const later = type === "register" ? "; the client type is set once a WebSocket connects" : "";
+    return new GatewayError(
+      "not_supported_on_transport",
+      `${type} needs a WebSocket connection: the client is connected over ${this.info?.transport ?? "a one-way transport"}${later}`,
+    );
+  }
+
   private flushQueue(): void {
     let registered = false;
     for (const queued of this.queue.drain()) {
+      if (this.oneWay) {
+        queued.reject(this.notSupported(queued.frame.type));
+        continue;
+      }
       if (queued.frame.type === "register") registered = true;
       this.sendRequest(queued.frame, queued);
     }
     const registration = this.registration;
+    if (this.oneWay) return;
     if (!registered && registration) {
       // A new connection has no client type: set the one registered before.
       const frame: RegisterFrame = { type: "register", client_type: registration.clientType };
@@ -704,6 +852,13 @@ export class GatewayClient extends Emitter<ClientEvents> {
       this.retryRefresh(generation, oldExpiry);
       return;
     }
+    if (this.oneWay) {
+      // No refresh frame: the next request carries the new token (an open stream reopens with it).
+      this.token = token;
+      this.socket?.update();
+      this.scheduleRefresh();
+      return;
+    }
     try {
       await this.request({ type: "refresh", token }, "refreshed", false);
     } catch (error) {
@@ -722,6 +877,131 @@ export class GatewayClient extends Emitter<ClientEvents> {
     const left = expiresAt - Date.now();
     if (left < 200) return;
     this.refreshTimer = setTimeout(() => void this.refresh(generation, expiresAt), Math.min(left / 2, 30_000));
+  }
+
+  // ---- back to WebSocket ----
+
+  /** On a one-way transport, tries WebSocket again after a while, where it comes first in `transports`. */
+  private scheduleUpgrade(): void {
+    this.clearTimer("upgradeTimer");
+    const target = this.factories.findIndex((factory) => factory.name === "websocket");
+    if (target < 0 || target >= this.transportIndex) return;
+    this.upgradeTimer = setTimeout(() => {
+      this.upgradeTimer = undefined;
+      this.startProbe(this.factories[target] as TransportFactory);
+    }, this.upgradeBackoff.next());
+  }
+
+  /**
+   * Opens a WebSocket beside the one-way connection, which goes on meanwhile: it authenticates,
+   * subscribes every channel from the positions of that moment and holds what it receives; once
+   * its `subscribed` comes, it becomes the connection (see {@link switchToProbe}).
+   */
+  private startProbe(factory: TransportFactory): void {
+    const token = this.token;
+    if (this.currentState !== "connected" || this.probe || token === undefined) return;
+    const probe: Probe = {
+      transport: undefined,
+      frames: [],
+      asked: undefined,
+      id: undefined,
+      generation: -1,
+      timer: setTimeout(() => this.endProbe(true), this.options.connectTimeoutMs ?? 15_000),
+    };
+    this.probe = probe;
+    const mine = () => this.probe === probe;
+    // Once switched, the probe's handlers are the connection's.
+    const main = this.handlers(() => probe.generation === this.generation, factory.name, () => {});
+    try {
+      probe.transport = factory.open(
+        { url: this.options.url, request: () => this.oneWayRequest() },
+        {
+          ...main,
+          onOpen: () => {
+            if (!mine()) return;
+            const personal = this.personalChannel;
+            const since = personal === undefined ? undefined : this.positions.get(personal);
+            probe.transport?.send(since ? { type: "auth", token, since } : { type: "auth", token });
+          },
+          onFrame: (frame) => (mine() ? this.onProbeFrame(probe, frame) : main.onFrame(frame)),
+          onClose: (code, reason, httpStatus) => (mine() ? this.endProbe(true) : main.onClose(code, reason, httpStatus)),
+        },
+      );
+    } catch {
+      this.endProbe(true);
+    }
+  }
+
+  private onProbeFrame(probe: Probe, value: unknown): void {
+    const frame = classifyFrame(value);
+    if (frame?.kind === "control") {
+      const control = frame.frame;
+      if (control.type === "connection_established") {
+        probe.frames.push(value);
+        const names = this.serverChannels();
+        if (names.length === 0) {
+          this.switchToProbe(probe, undefined);
+          return;
+        }
+        // The channels keep their states: they belong to the one-way connection until the switch.
+        probe.asked = { since: this.positions.since(names) ?? {}, sent: new Map(names.map((name) => [name, this.channels.get(name)])) };
+        probe.id = this.nextId++;
+        const since = Object.keys(probe.asked.since).length > 0 ? probe.asked.since : undefined;
+        probe.transport?.send(since ? { type: "subscribe", id: probe.id, channels: names, since } : { type: "subscribe", id: probe.id, channels: names });
+        return;
+      }
+      if (control.type === "subscribed" && probe.id !== undefined && control.id === probe.id) {
+        this.switchToProbe(probe, control);
+        return;
+      }
+      if (control.type === "error" && probe.id !== undefined && control.id === probe.id) {
+        this.endProbe(true);
+        return;
+      }
+    }
+    probe.frames.push(value);
+  }
+
+  /**
+   * The probe's subscriptions are live: it becomes the connection, and the one-way transport
+   * closes. What the probe held is delivered now; the events of channels with history that the
+   * old transport delivered already are dropped by their offsets, so none is lost or repeated.
+   */
+  private switchToProbe(probe: Probe, reply: SubscribedFrame | undefined): void {
+    clearTimeout(probe.timer);
+    this.probe = undefined;
+    const old = this.socket;
+    probe.generation = ++this.generation;
+    old?.close(1000, "moved to websocket");
+    this.socket = probe.transport;
+    this.asked = undefined;
+    this.transportIndex = this.factories.findIndex((factory) => factory.name === "websocket");
+    this.failures = 0;
+    this.upgradeBackoff.reset();
+    const asked = probe.asked ?? { since: {}, sent: new Map<string, SharedChannel | undefined>() };
+    for (const [name, shared] of this.channels) {
+      if (shared.state !== "rejected") shared.state = asked.sent.get(name) === shared ? "subscribing" : "pending";
+    }
+    for (const value of probe.frames) {
+      const frame = classifyFrame(value);
+      // Events without an offset came over the old transport too, which was live until now.
+      if (frame?.kind === "event" && frame.event.offset === undefined) continue;
+      if (probe.generation === this.generation) this.onFrame(value, "websocket");
+    }
+    if (!reply || probe.generation !== this.generation) return;
+    this.onSubscribed(reply, asked);
+    const gone = reply.channels.filter((name) => !this.channels.has(name));
+    if (gone.length > 0) this.request({ type: "unsubscribe", channels: gone }, "unsubscribed", false).catch(() => {});
+  }
+
+  /** Ends the probe; `failed`: try again later. */
+  private endProbe(failed = false): void {
+    const probe = this.probe;
+    if (!probe) return;
+    this.probe = undefined;
+    clearTimeout(probe.timer);
+    probe.transport?.close(1000, "not needed");
+    if (failed) this.scheduleUpgrade();
   }
 
   // ---- liveness ----

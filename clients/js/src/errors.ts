@@ -22,7 +22,12 @@ export type ClientErrorCode =
   /** The server answered a request with a frame of another type. */
   | "bad_reply"
   /** The token getter failed. */
-  | "token";
+  | "token"
+  /**
+   * `publish`, `register`, `history` or `presence` while connected over SSE or long-poll, which
+   * carry frames one way only (a registration is applied once a WebSocket connects).
+   */
+  | "not_supported_on_transport";
 
 export class GatewayError extends Error {
   /** The server's `error` code, or one of {@link ClientErrorCode}. */

@@ -4,7 +4,10 @@
  *   client.ts        GatewayClient: the connection state machine, requests, positions
  *   subscription.ts  Subscription (one local subscriber) and the channel they share
  *   transport.ts     the Transport interface and the WebSocket transport
- *   policy.ts        what each close code makes the client do
+ *   sse.ts, poll.ts  the fallback transports over HTTP (http.ts: what they share)
+ *   fallback.ts      when the client moves to the next transport
+ *   cursor.ts        the HTTP transports' cursor: positions of every channel
+ *   policy.ts        what each close code (and HTTP refusal) makes the client do
  *   backoff.ts       reconnect delays (full jitter, 0.5 s to 20 s)
  *   positions.ts     last offset and epoch per channel; duplicates dropped
  *   queue.ts         the offline queue, bounded in count and bytes
@@ -33,6 +36,7 @@ export type { BackoffOptions } from "./backoff.js";
 export type { QueueOptions } from "./queue.js";
 export {
   WebSocketTransport,
+  type OneWayRequest,
   type OpenParams,
   type Transport,
   type TransportFactory,

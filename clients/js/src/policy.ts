@@ -47,3 +47,16 @@ export function closeAction(code: number, advisedDelayMs?: number): CloseAction 
   // 1001, 1005, 1006, 1009, 1011, 4100, 4101, 4102, and any code the contract does not name.
   return { kind: "backoff" };
 }
+
+/**
+ * The close an HTTP transport (SSE, poll) reports for a request the server refused with
+ * `status` and the JSON error body's `errorCode`, as the WebSocket would have been closed:
+ * 401 is a refused token (4001), except an expired one on a connection already established,
+ * which gets a new token (4002); 429 is the per-user connection cap (4102); anything else is a
+ * connection that could not be made (1006, backoff).
+ */
+export function httpCloseCode(status: number, errorCode: string | undefined, established: boolean): number {
+  if (status === 401) return established && errorCode === "expired" ? 4002 : 4001;
+  if (status === 429) return 4102;
+  return 1006;
+}

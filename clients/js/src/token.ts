@@ -13,7 +13,7 @@ export interface TokenClaims {
   userId?: string;
 }
 
-function base64UrlDecode(part: string): string {
+export function base64UrlDecode(part: string): string {
   const base64 = part.replace(/-/g, "+").replace(/_/g, "/");
   const padded = base64 + "=".repeat((4 - (base64.length % 4)) % 4);
   const binary = atob(padded);

@@ -1,28 +1,35 @@
 /**
  * Transports carry frames between the client and one gateway node. The client owns the
- * protocol (authentication, subscriptions, replies); a transport only opens, carries decoded
- * frames, and reports one close.
+ * protocol (authentication, subscriptions, replies, positions); a transport only opens, carries
+ * decoded frames, and reports one close.
  *
  * A duplex transport (WebSocket) can {@link Transport.send}: the client authenticates with an
  * `auth` frame and subscribes with `subscribe` frames. A one-way transport (server-sent events,
- * long-poll) cannot: it puts the token, the channels and their positions of {@link OpenParams}
- * into its requests, and the server answers with the same `connection_established` and
- * `subscribed` frames.
+ * long-poll: `sse.ts`, `poll.ts`) cannot: before each of its requests it asks the client, through
+ * {@link OpenParams.request}, for the token, the channels and the cursor of their positions, and
+ * the server answers with the same `connection_established`, `subscribed` and event frames. When
+ * the channels or the token change, the client calls {@link Transport.update} and the transport
+ * asks again with a new request.
  */
 
-import type { ClientFrame, Position } from "./frames.js";
+import type { ClientFrame } from "./frames.js";
 
 export type TransportName = "websocket" | "sse" | "poll";
+
+/** What a one-way transport asks the server for. */
+export interface OneWayRequest {
+  token: string;
+  /** The channels to subscribe (the personal one is always included by the server). */
+  channels: string[];
+  /** The known positions of these channels and of the personal one, as a cursor; undefined when none is known. */
+  cursor: string | undefined;
+}
 
 export interface OpenParams {
   /** The gateway's WebSocket URL (`wss://host/ws`); HTTP transports find `/sse` and `/poll` beside it. */
   url: string;
-  /** The token for this connection. */
-  token: string;
-  /** The channels to subscribe, each with its position where one is known (one-way transports). */
-  channels: ReadonlyMap<string, Position | undefined>;
-  /** The personal channel's position, where one is known (one-way transports). */
-  personal: Position | undefined;
+  /** One-way transports: what to ask for, read before each request. */
+  request(): OneWayRequest;
 }
 
 export interface TransportHandlers {
@@ -30,16 +37,26 @@ export interface TransportHandlers {
   onOpen(): void;
   /** One server frame, decoded from JSON. */
   onFrame(frame: unknown): void;
-  /** The transport closed (called once): a WebSocket close code, 1006 when the connection was lost. */
-  onClose(code: number, reason: string): void;
+  /** A sign of life that carried no frame: an SSE heartbeat comment, a poll answered empty. */
+  onAlive(): void;
+  /** A poll's answer ended with this cursor (after its frames). */
+  onCursor(cursor: string): void;
+  /**
+   * The transport closed (called once): a WebSocket close code, the code of the server's
+   * `disconnect` frame, 1006 when the connection was lost or refused; `httpStatus` when an HTTP
+   * status refused it.
+   */
+  onClose(code: number, reason: string, httpStatus?: number): void;
 }
 
 export interface Transport {
   readonly name: TransportName;
   /** Whether {@link Transport.send} works. */
   readonly duplex: boolean;
-  /** Sends a frame; throws on a one-way transport. */
+  /** Sends a frame; does nothing on a one-way transport. */
   send(frame: ClientFrame): void;
+  /** One-way transports: the channels or the token changed; reopen with a new request (debounced). */
+  update(): void;
   /** Closes; no handler is called after this. */
   close(code?: number, reason?: string): void;
 }
@@ -64,6 +81,17 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 
 const OPEN = 1;
 
+/**
+ * The URL of the HTTP transport `name` beside the WebSocket URL: `wss://host/ws` →
+ * `https://host/sse`, `ws://host:8080/a/ws?x` → `http://host:8080/a/poll`, `/ws` → `/sse`.
+ */
+export function siblingUrl(url: string, name: "sse" | "poll"): string {
+  const match = /^([a-z][a-z0-9+.-]*:\/\/[^/?#]*)?([^?#]*)/i.exec(url);
+  const origin = (match?.[1] ?? "").replace(/^[a-z]+/i, (scheme) => scheme.toLowerCase().replace(/^ws/, "http"));
+  const path = (match?.[2] ?? "").replace(/\/[^/]*$/, "");
+  return `${origin}${path}/${name}`;
+}
+
 /** Turns `/ws` (same origin) or `http(s)://…` into a `ws(s)://` URL. */
 export function webSocketUrl(url: string): string {
   if (/^wss?:\/\//i.test(url)) return url;
@@ -81,6 +109,8 @@ export class WebSocketTransport implements Transport {
   readonly duplex = true;
   private readonly socket: WebSocketLike;
   private closed = false;
+  /** The HTTP status that refused the upgrade, where the implementation says (`ws` does). */
+  private httpStatus: number | undefined;
 
   constructor(Impl: WebSocketConstructor, params: OpenParams, private readonly handlers: TransportHandlers) {
     const socket = new Impl(webSocketUrl(params.url));
@@ -99,12 +129,20 @@ export class WebSocketTransport implements Transport {
       this.handlers.onFrame(frame);
     };
     socket.onclose = (event: { code?: number; reason?: string }) => this.finish(event.code ?? 1006, event.reason ?? "");
-    // Every error is followed by a close; the close carries the code.
-    socket.onerror = () => {};
+    // Every error is followed by a close; the close carries the code. A browser does not say why
+    // an upgrade failed; `ws` does: "Unexpected server response: 403".
+    socket.onerror = (event: { message?: unknown } | undefined) => {
+      const status = /server response: (\d{3})/.exec(String(event?.message))?.[1];
+      if (status !== undefined) this.httpStatus = Number(status);
+    };
   }
 
   send(frame: ClientFrame): void {
     if (this.socket.readyState === OPEN) this.socket.send(JSON.stringify(frame));
+  }
+
+  update(): void {
+    // A WebSocket subscribes and refreshes with frames.
   }
 
   close(code = 1000, reason = ""): void {
@@ -125,7 +163,7 @@ export class WebSocketTransport implements Transport {
   private finish(code: number, reason: string): void {
     if (this.closed) return;
     this.closed = true;
-    this.handlers.onClose(code, reason);
+    this.handlers.onClose(code, reason, this.httpStatus);
   }
 }
 

@@ -19,7 +19,21 @@ describe("GatewayClient without a connection", () => {
   });
 
   it("refuses a transport list with none built in", () => {
-    assert.throws(() => new GatewayClient({ url: "ws://127.0.0.1:1/ws", token: "t", WebSocket, transports: ["poll"] }), /none of the transports/);
+    assert.throws(() => new GatewayClient({ url: "ws://127.0.0.1:1/ws", token: "t", WebSocket, transports: [] }), /none of the transports/);
+    const unknown = ["carrier-pigeon"] as unknown as ["poll"];
+    assert.throws(() => new GatewayClient({ url: "ws://127.0.0.1:1/ws", token: "t", WebSocket, transports: unknown }), /none of the transports/);
+  });
+
+  it("takes SSE or poll alone, without a WebSocket implementation", () => {
+    const global = globalThis as { WebSocket?: unknown };
+    const saved = global.WebSocket;
+    delete global.WebSocket;
+    try {
+      const client = new GatewayClient({ url: "ws://127.0.0.1:1/ws", token: "t", transports: ["sse", "poll"] });
+      assert.equal(client.state, "disconnected");
+    } finally {
+      if (saved !== undefined) global.WebSocket = saved;
+    }
   });
 
   it("starts disconnected, queues until connect(), and rejects what is queued on close()", async () => {
