@@ -322,22 +322,77 @@ export class TestGateway {
   }
 }
 
+/** The gateway's public paths that nginx can be told to refuse (`return 403`), as a proxy that blocks them would. */
+export type GatewayPath = "ws" | "sse" | "poll";
+
 export class TestNginx {
   private constructor(
     readonly port: number,
     private readonly child: ChildProcess,
     readonly dir: string,
+    private readonly upstreams: number[],
+    private readonly staticRoot: string | undefined,
   ) {}
 
-  /** nginx on a free port: `/ws` to the gateways, `/` the files of `staticRoot` (if given). */
-  static async start(upstreams: number[], staticRoot?: string): Promise<TestNginx> {
+  /**
+   * nginx on a free port: `/ws`, `/sse` and `/poll` to the gateways (those in `refuse` answered
+   * 403 by nginx itself), `/` the files of `staticRoot` (if given).
+   */
+  static async start(upstreams: number[], staticRoot?: string, refuse: GatewayPath[] = []): Promise<TestNginx> {
     const port = await freePort();
     const dir = tempDir("nginx");
+    writeFileSync(join(dir, "nginx.conf"), TestNginx.config(port, dir, upstreams, staticRoot, refuse));
+    const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
+    // Its own process group: killing the group takes the workers too, which outlive a killed master.
+    const child = track(
+      spawn(nginx, ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: ["ignore", "ignore", "pipe"], detached: true }),
+      true,
+    );
+    let stderr = "";
+    child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const proxy = new TestNginx(port, child, dir, upstreams, staticRoot);
+    try {
+      await waitFor(
+        `nginx on port ${port}`,
+        async () => {
+          if (child.exitCode !== null) throw new Error(`nginx exited with ${child.exitCode}: ${stderr}`);
+          return (await proxy.status("/healthz")) === 200;
+        },
+        15_000,
+      );
+    } catch (error) {
+      killHard(child);
+      throw new Error(`${String(error)}\n${stderr}\n${tail(join(dir, "error.log"))}`, { cause: error });
+    }
+    return proxy;
+  }
+
+  private static config(port: number, dir: string, upstreams: number[], staticRoot: string | undefined, refuse: GatewayPath[]): string {
     const servers = upstreams.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=1s;`).join("\n");
     const root = staticRoot
       ? `    location / {\n      root ${staticRoot};\n      try_files $uri /index.html;\n    }`
       : "";
-    const conf = `worker_processes 1;
+    const location = (path: GatewayPath) =>
+      refuse.includes(path)
+        ? `    location = /${path} {\n      return 403;\n    }`
+        : `    location = /${path} {\n      include ${dir}/proxy.conf;\n    }`;
+    // SSE streams and polls pass through unbuffered, with timeouts longer than a poll's wait.
+    writeFileSync(
+      join(dir, "proxy.conf"),
+      `proxy_pass http://gateways;
+proxy_http_version 1.1;
+proxy_set_header Upgrade $http_upgrade;
+proxy_set_header Connection $connection_upgrade;
+proxy_set_header Host $host;
+proxy_connect_timeout 2s;
+proxy_read_timeout 1h;
+proxy_send_timeout 1h;
+proxy_buffering off;
+# A draining replica answers upgrades, streams and polls with 503: try the other one.
+proxy_next_upstream error timeout http_502 http_503;
+`,
+    );
+    return `worker_processes 1;
 daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
@@ -357,19 +412,9 @@ ${servers}
   }
   server {
     listen 127.0.0.1:${port};
-    location /ws {
-      proxy_pass http://gateways;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_connect_timeout 2s;
-      proxy_read_timeout 1h;
-      proxy_send_timeout 1h;
-      proxy_buffering off;
-      # A draining replica answers upgrades with 503: try the other one.
-      proxy_next_upstream error timeout http_502 http_503;
-    }
+${location("ws")}
+${location("sse")}
+${location("poll")}
     location = /healthz {
       proxy_pass http://gateways;
     }
@@ -377,36 +422,32 @@ ${root}
   }
 }
 `;
-    writeFileSync(join(dir, "nginx.conf"), conf);
-    const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
-    // Its own process group: killing the group takes the workers too, which outlive a killed master.
-    const child = track(
-      spawn(nginx, ["-p", dir, "-c", join(dir, "nginx.conf")], { stdio: ["ignore", "ignore", "pipe"], detached: true }),
-      true,
-    );
-    let stderr = "";
-    child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    const proxy = new TestNginx(port, child, dir);
+  }
+
+  /** The status nginx answers a plain GET of `path` with (0 when it does not answer). */
+  async status(path: string): Promise<number> {
     try {
-      await waitFor(
-        `nginx on port ${port}`,
-        async () => {
-          if (child.exitCode !== null) throw new Error(`nginx exited with ${child.exitCode}: ${stderr}`);
-          try {
-            const response = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) });
-            await response.arrayBuffer();
-            return response.status === 200;
-          } catch {
-            return false;
-          }
-        },
-        15_000,
-      );
-    } catch (error) {
-      killHard(child);
-      throw new Error(`${String(error)}\n${stderr}\n${tail(join(dir, "error.log"))}`, { cause: error });
+      const response = await fetch(`http://127.0.0.1:${this.port}${path}`, { signal: AbortSignal.timeout(2000) });
+      await response.arrayBuffer();
+      return response.status;
+    } catch {
+      return 0;
     }
-    return proxy;
+  }
+
+  /**
+   * Reloads nginx refusing `refuse` from now on (SIGHUP: new workers take the new
+   * configuration; the old ones finish the connections they hold).
+   */
+  async reconfigure(refuse: GatewayPath[]): Promise<void> {
+    writeFileSync(join(this.dir, "nginx.conf"), TestNginx.config(this.port, this.dir, this.upstreams, this.staticRoot, refuse));
+    this.child.kill("SIGHUP");
+    // Without an upgrade or a token: 403 from nginx where refused, the gateway's 4xx where passed.
+    const paths: GatewayPath[] = ["ws", "sse", "poll"];
+    await waitFor(`nginx reloaded (${refuse.join(", ") || "nothing"} refused)`, async () => {
+      const statuses = await Promise.all(paths.map((path) => this.status(`/${path}`)));
+      return paths.every((path, i) => (statuses[i] === 403) === refuse.includes(path) && statuses[i] !== 0);
+    });
   }
 
   async stop(): Promise<void> {
@@ -423,6 +464,8 @@ export interface ClusterOptions {
   toml?: string;
   env?: Record<string, string>;
   staticRoot?: string;
+  /** Paths nginx refuses with 403. */
+  refuse?: GatewayPath[];
 }
 
 /** Redis, gateway replicas `gw-a`, `gw-b`, … and nginx in front of them. */
@@ -447,6 +490,7 @@ export class Cluster {
       const nginx = await TestNginx.start(
         replicas.map((r) => r.port),
         options.staticRoot,
+        options.refuse,
       );
       return new Cluster(redis, replicas, nginx);
     } catch (error) {

@@ -2,7 +2,14 @@
 
 import WebSocket from "ws";
 
-import { type ConnectionState, type DisconnectInfo, GatewayClient, type GatewayClientOptions, type GatewayEvent } from "../../src/index.js";
+import {
+  type ConnectionState,
+  type DisconnectInfo,
+  GatewayClient,
+  type GatewayClientOptions,
+  type GatewayEvent,
+  type TransportName,
+} from "../../src/index.js";
 import { waitFor } from "../harness.js";
 
 export interface Recorder {
@@ -12,6 +19,8 @@ export interface Recorder {
   /** When each state was entered. */
   stateTimes: { state: ConnectionState; at: number }[];
   nodes: string[];
+  /** The transport of each connection, in order. */
+  transports: TransportName[];
 }
 
 export function nodeClient(options: Omit<GatewayClientOptions, "WebSocket">): GatewayClient {
@@ -19,14 +28,17 @@ export function nodeClient(options: Omit<GatewayClientOptions, "WebSocket">): Ga
 }
 
 export function record(client: GatewayClient): Recorder {
-  const recorder: Recorder = { events: [], states: [], disconnects: [], stateTimes: [], nodes: [] };
+  const recorder: Recorder = { events: [], states: [], disconnects: [], stateTimes: [], nodes: [], transports: [] };
   client.on("event", (event) => recorder.events.push(event));
   client.on("state", (state) => {
     recorder.states.push(state);
     recorder.stateTimes.push({ state, at: Date.now() });
   });
   client.on("disconnected", (info) => recorder.disconnects.push({ ...info, at: Date.now() }));
-  client.on("connected", (info) => recorder.nodes.push(info.nodeId));
+  client.on("connected", (info) => {
+    recorder.nodes.push(info.nodeId);
+    recorder.transports.push(info.transport);
+  });
   return recorder;
 }
 
