@@ -18,5 +18,11 @@ export default defineConfig(({ mode }) => ({
     ],
   },
   build: { outDir: here(mode === "development" ? "dist-dev" : "dist"), emptyOutDir: true, minify: mode !== "development" },
-  server: { proxy: { "/ws": { target: "ws://127.0.0.1:8080", ws: true } } },
+  server: {
+    proxy: {
+      "/ws": { target: "ws://127.0.0.1:8080", ws: true },
+      "/sse": { target: "http://127.0.0.1:8080" },
+      "/poll": { target: "http://127.0.0.1:8080" },
+    },
+  },
 }));

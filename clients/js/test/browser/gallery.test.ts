@@ -3,7 +3,8 @@
  * marks each photo `completed` (`photo:updated` to the photo's owner) while the replica holding
  * the page is killed: the page reconnects to the other one, recovers its personal channel, and
  * every badge ends green, each photo updated exactly once. Screenshots before and after go to
- * docs/images/ (or $SCREENSHOT_DIR).
+ * docs/images/ (or $SCREENSHOT_DIR). The same behind a proxy that refuses `/ws` (the page ends
+ * on SSE) or `/ws` and `/sse` (long-poll).
  */
 
 import assert from "node:assert/strict";
@@ -40,12 +41,30 @@ async function photos(page: Page): Promise<PhotoState[]> {
   );
 }
 
-async function connection(page: Page): Promise<{ state: string; node: string }> {
+async function connection(page: Page): Promise<{ state: string; node: string; transport: string }> {
   const element = page.getByTestId("connection");
   return {
     state: (await element.getAttribute("data-state")) ?? "",
     node: (await element.getAttribute("data-node")) ?? "",
+    transport: (await element.getAttribute("data-transport")) ?? "",
   };
+}
+
+/**
+ * A worker completes every photo of user `user`, one every 120 ms, and the replica `victim` is
+ * SIGKILLed after the fourth.
+ */
+async function completeAll(cluster: Cluster, user: string, victim: { kill(): Promise<void> }): Promise<void> {
+  for (const [index, id] of PHOTOS.entries()) {
+    await cluster.publish({
+      user,
+      event: "photo:updated",
+      data: { photo_id: id, status: "completed" },
+      idempotency_key: `photo-${user}-${id}`,
+    });
+    if (index === 3) await victim.kill();
+    await sleep(120);
+  }
 }
 
 describe("the gallery in Chromium", () => {
@@ -72,6 +91,7 @@ describe("the gallery in Chromium", () => {
     await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
     const before = await connection(page);
     assert.match(before.node, /^gw-[ab]$/);
+    assert.equal(before.transport, "websocket");
     assert.deepEqual(
       (await photos(page)).map((p) => p.status),
       PHOTOS.map(() => "pending"),
@@ -79,17 +99,7 @@ describe("the gallery in Chromium", () => {
     mkdirSync(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: join(SCREENSHOTS, "gallery-before.png") });
 
-    const victim = cluster.replica(before.node);
-    for (const [index, id] of PHOTOS.entries()) {
-      await cluster.publish({
-        user: "42",
-        event: "photo:updated",
-        data: { photo_id: id, status: "completed" },
-        idempotency_key: `photo-${id}`,
-      });
-      if (index === 3) await victim.kill();
-      await sleep(120);
-    }
+    await completeAll(cluster, "42", cluster.replica(before.node));
 
     await page.waitForSelector(`[data-testid=summary][data-completed="${PHOTOS.length}"]`, { timeout: 30_000 });
     await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
@@ -149,6 +159,41 @@ describe("the gallery in Chromium", () => {
       await single.stop();
     }
   });
+
+  for (const [transport, refuse] of [
+    ["sse", ["ws"]],
+    ["poll", ["ws", "sse"]],
+  ] as const) {
+    it(`ends on ${transport} behind a proxy that refuses /${refuse.join(" and /")}, and still completes every photo once across a replica kill`, { timeout: 120_000 }, async () => {
+      const proxied = await Cluster.start({ staticRoot: APP_DIR, refuse: [...refuse] });
+      const page = await browser.newPage({ viewport: { width: 1000, height: 760 } });
+      try {
+        page.on("pageerror", (error) => pageErrors.push(String(error)));
+        const user = `behind-${transport}`;
+        await page.goto(`${proxied.httpUrl}/?token=${signToken(user)}`);
+        await page.waitForSelector(`[data-testid=connection][data-state=connected][data-transport=${transport}]`, { timeout: 30_000 });
+        const before = await connection(page);
+        assert.match(before.node, /^gw-[ab]$/);
+
+        await completeAll(proxied, user, proxied.replica(before.node));
+
+        await page.waitForSelector(`[data-testid=summary][data-completed="${PHOTOS.length}"]`, { timeout: 30_000 });
+        await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
+        await sleep(500); // a repeated event would show now
+        assert.deepEqual(
+          await photos(page),
+          PHOTOS.map((id) => ({ id, status: "completed", updates: 1, likes: 0 })),
+          "each photo completed by exactly one event",
+        );
+        assert.equal((await connection(page)).transport, transport, `still on ${transport}: /ws stays refused`);
+        assert.equal(await page.locator(".reload").count(), 0, "recovered, not reloaded");
+        assert.deepEqual(pageErrors, []);
+      } finally {
+        await page.close();
+        await proxied.stop();
+      }
+    });
+  }
 
   it("under StrictMode, twelve components share one subscription and see each event once", { timeout: 120_000 }, async () => {
     const dev = await Cluster.start({ replicas: 1, staticRoot: DEV_APP_DIR });

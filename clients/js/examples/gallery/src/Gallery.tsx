@@ -83,12 +83,17 @@ function PhotoCard({ photo, hue }: { photo: Photo; hue: number }) {
 function Connection() {
   const state = useConnectionState();
   const client = useGateway();
+  // A move between transports (back to WebSocket) changes no state: follow `connected` too.
+  const [, setConnection] = useState(client.connection);
+  useEffect(() => client.on("connected", setConnection), [client]);
   const node = client.connection?.nodeId;
+  const transport = client.transport;
   return (
-    <p className={`connection ${state}`} data-testid="connection" data-state={state} data-node={node ?? ""}>
+    <p className={`connection ${state}`} data-testid="connection" data-state={state} data-node={node ?? ""} data-transport={transport ?? ""}>
       <span className="dot" />
       {state}
       {node ? ` · ${node}` : ""}
+      {transport && transport !== "websocket" ? ` · ${transport}` : ""}
     </p>
   );
 }
