@@ -331,8 +331,9 @@ export class Publisher {
     } catch (error) {
       throw new PublishFailed("the Node publisher needs the redis package: npm install redis", { cause: error });
     }
-    const given: unknown = this.#clientOptions["socket"];
-    const socket = typeof given === "object" && given !== null ? given : {};
+    const object = (value: unknown) => (typeof value === "object" && value !== null ? value : {});
+    const socket = object(this.#clientOptions["socket"]);
+    const commandOptions = object(this.#clientOptions["commandOptions"]);
     const client = createClient({
       ...this.#clientOptions,
       url: this.#url,
@@ -342,6 +343,8 @@ export class Publisher {
       disableOfflineQueue: true,
       // No reconnecting in the background: the next publish connects again, as a new client.
       socket: { connectTimeout: this.#timeoutMs, reconnectStrategy: false, ...socket },
+      // node-redis 6 gives up on a reply after 5 s of its own: the same bound as the publisher's.
+      commandOptions: { timeout: this.#timeoutMs, ...commandOptions },
     }) as OwnedClient;
     // Every failure reaches the publish that meets it; without a listener, one would crash the process.
     client.on("error", () => undefined);
