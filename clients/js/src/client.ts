@@ -130,6 +130,8 @@ export type ClientEvents = {
 
 const DEFAULT_TRANSPORTS: TransportName[] = ["websocket", "sse", "poll"];
 const HTTP_TRANSPORTS = { sse: sseTransport, poll: pollTransport };
+/** The first try of WebSocket after falling back from lost connections: 2–4 s. */
+const UPGRADE_SOON_MS = 2000;
 
 /** The browser says it is offline (failures then say nothing about the transport). */
 function isOffline(): boolean {
@@ -189,6 +191,11 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private transportIndex = 0;
   /** Attempts in a row on that transport that did not get to `connection_established`. */
   private failures = 0;
+  /**
+   * The client fell back after lost connections, not a refusal: the whole network may have been
+   * down, so WebSocket is tried again soon rather than after `upgradeBackoff`.
+   */
+  private upgradeSoon = false;
   /** On a one-way transport: what its last request asked for. */
   private asked: Asked | undefined;
   private probe: Probe | undefined;
@@ -443,7 +450,9 @@ export class GatewayClient extends Emitter<ClientEvents> {
   private judgeTransport(attempt: Attempt): void {
     const { failures, fallBack } = afterAttempt(this.failures, attempt);
     this.failures = failures;
-    if (fallBack) this.transportIndex = (this.transportIndex + 1) % this.factories.length;
+    if (!fallBack) return;
+    this.transportIndex = (this.transportIndex + 1) % this.factories.length;
+    this.upgradeSoon = attempt.httpStatus === undefined;
   }
 
   private stop(code: number, reason: string, error: GatewayError): void {
@@ -886,10 +895,12 @@ export class GatewayClient extends Emitter<ClientEvents> {
     this.clearTimer("upgradeTimer");
     const target = this.factories.findIndex((factory) => factory.name === "websocket");
     if (target < 0 || target >= this.transportIndex) return;
+    const delay = this.upgradeSoon ? UPGRADE_SOON_MS * (1 + Math.random()) : this.upgradeBackoff.next();
+    this.upgradeSoon = false;
     this.upgradeTimer = setTimeout(() => {
       this.upgradeTimer = undefined;
       this.startProbe(this.factories[target] as TransportFactory);
-    }, this.upgradeBackoff.next());
+    }, delay);
   }
 
   /**

@@ -49,8 +49,10 @@ export abstract class OneWayTransport implements Transport {
     protected readonly params: OpenParams,
     protected readonly handlers: TransportHandlers,
   ) {
-    // After the subclass is built and the client holds the transport.
-    queueMicrotask(() => this.restart());
+    // After the subclass is built and the client holds the transport (unless it closed it at once).
+    queueMicrotask(() => {
+      if (!this.closed) this.restart();
+    });
   }
 
   send(): void {

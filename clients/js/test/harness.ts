@@ -160,6 +160,17 @@ async function redisPing(port: number): Promise<boolean> {
   });
 }
 
+/** The status of a plain GET of `url` (0 when nothing answers). */
+async function httpStatus(url: string): Promise<number> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+    await response.arrayBuffer();
+    return response.status;
+  } catch {
+    return 0;
+  }
+}
+
 export class TestRedis {
   private constructor(
     readonly port: number,
@@ -328,7 +339,7 @@ export type GatewayPath = "ws" | "sse" | "poll";
 export class TestNginx {
   private constructor(
     readonly port: number,
-    private readonly child: ChildProcess,
+    private child: ChildProcess,
     readonly dir: string,
     private readonly upstreams: number[],
     private readonly staticRoot: string | undefined,
@@ -342,6 +353,11 @@ export class TestNginx {
     const port = await freePort();
     const dir = tempDir("nginx");
     writeFileSync(join(dir, "nginx.conf"), TestNginx.config(port, dir, upstreams, staticRoot, refuse));
+    return new TestNginx(port, await TestNginx.spawn(port, dir), dir, upstreams, staticRoot);
+  }
+
+  /** Starts nginx on `port` with `dir`'s configuration and waits until it answers. */
+  private static async spawn(port: number, dir: string): Promise<ChildProcess> {
     const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
     // Its own process group: killing the group takes the workers too, which outlive a killed master.
     const child = track(
@@ -350,13 +366,12 @@ export class TestNginx {
     );
     let stderr = "";
     child.stderr?.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    const proxy = new TestNginx(port, child, dir, upstreams, staticRoot);
     try {
       await waitFor(
         `nginx on port ${port}`,
         async () => {
           if (child.exitCode !== null) throw new Error(`nginx exited with ${child.exitCode}: ${stderr}`);
-          return (await proxy.status("/healthz")) === 200;
+          return (await httpStatus(`http://127.0.0.1:${port}/healthz`)) === 200;
         },
         15_000,
       );
@@ -364,7 +379,7 @@ export class TestNginx {
       killHard(child);
       throw new Error(`${String(error)}\n${stderr}\n${tail(join(dir, "error.log"))}`, { cause: error });
     }
-    return proxy;
+    return child;
   }
 
   private static config(port: number, dir: string, upstreams: number[], staticRoot: string | undefined, refuse: GatewayPath[]): string {
@@ -425,14 +440,19 @@ ${root}
   }
 
   /** The status nginx answers a plain GET of `path` with (0 when it does not answer). */
-  async status(path: string): Promise<number> {
-    try {
-      const response = await fetch(`http://127.0.0.1:${this.port}${path}`, { signal: AbortSignal.timeout(2000) });
-      await response.arrayBuffer();
-      return response.status;
-    } catch {
-      return 0;
-    }
+  status(path: string): Promise<number> {
+    return httpStatus(`http://127.0.0.1:${this.port}${path}`);
+  }
+
+  /** Kills nginx (every connection through it drops; new ones are refused) until {@link restart}. */
+  async kill(): Promise<void> {
+    killHard(this.child);
+    await exited(this.child);
+  }
+
+  /** Starts nginx again on its port, after {@link kill}. */
+  async restart(): Promise<void> {
+    this.child = await TestNginx.spawn(this.port, this.dir);
   }
 
   /**

@@ -253,4 +253,36 @@ describe("falling back and moving back", () => {
       await client.publish("room:back", "typing", {});
     });
   }
+
+  it("after an outage of every transport, ends up back on WebSocket within seconds, losing nothing", { timeout: 90_000 }, async () => {
+    cluster = await Cluster.start({ replicas: 1 });
+    const c = cluster;
+    // Attempts exactly 1.5 s apart, so the test can tell which transport the next one uses.
+    const client = nodeClient({ url: c.url, token: () => signToken("outage"), transports: ["websocket", "sse"], backoff: { minDelayMs: 1500, maxDelayMs: 1500 } });
+    clients.push(client);
+    const seen = record(client);
+    const got: number[] = [];
+    client.subscribe("outage", { onEvent: (e) => got.push((e.data as { i: number }).i) });
+    client.connect();
+    await waitFor("connected over websocket", () => client.transport === "websocket");
+    await ticks(c, "outage", 1, 10, 0);
+
+    // Nothing gets through: two WebSocket attempts fail, then the client falls back to SSE.
+    await c.nginx.kill();
+    await ticks(c, "outage", 11, 20, 0);
+    await waitFor("the loss, two WebSocket attempts and one SSE attempt", () => seen.disconnects.length === 4, 20_000);
+    await c.nginx.restart();
+    await waitFor("connected over sse", () => client.transport === "sse", 10_000);
+    const onSse = Date.now();
+    await waitFor("back on websocket", () => client.transport === "websocket", 10_000);
+    const after = Date.now() - onSse;
+    assert.ok(after < 6000, `tried WebSocket again ${after} ms after the fallback, not after upgradeBackoff`);
+    await ticks(c, "outage", 21, 30, 0);
+    await waitFor("30 ticks", () => got.length >= 30);
+    await sleep(300);
+
+    assert.deepEqual(got, range(1, 30), "each event once, in order");
+    assert.deepEqual(seen.transports, ["websocket", "sse", "websocket"]);
+    assert.ok(seen.disconnects.every((d) => d.code === 1006), JSON.stringify(seen.disconnects));
+  });
 });
