@@ -2,8 +2,9 @@
  * The HTTP transports, through nginx in front of two replicas: SSE and long-poll forced, a
  * replica killed or drained mid-stream (every event once, in order); the fallback from
  * WebSocket when nginx refuses `/ws` (to SSE) and `/ws` and `/sse` (to poll); the way back to
- * WebSocket once nginx lets it through again, with nothing lost or repeated across the switch;
- * subscriptions, tokens and requests on a one-way transport.
+ * WebSocket once nginx lets it through again, with nothing lost or repeated across the switch,
+ * and after an outage of every transport (nginx killed); subscriptions, tokens and requests on a
+ * one-way transport.
  */
 
 import assert from "node:assert/strict";
