@@ -1,7 +1,13 @@
 /**
  * The gateway's client for browsers and Node.
  *
- *   client.ts        GatewayClient: the connection state machine, requests, positions
+ *   client.ts        GatewayClient, the public class: options, events, methods
+ *   connection.ts    the connection state machine and reconnect backoff, behind GatewayClient
+ *   transports.ts    the transport in use: falling back, the probe back to WebSocket
+ *   requests.ts      requests: replies by id, timeouts, the offline queue
+ *   channels.ts      subscriptions and every channel's position
+ *   liveness.ts      heartbeats; the browser's online, offline and visibility events
+ *   refresh.ts       refreshing the token before it expires
  *   subscription.ts  Subscription (one local subscriber) and the channel they share
  *   transport.ts     the Transport interface and the WebSocket transport
  *   sse.ts, poll.ts  the fallback transports over HTTP (http.ts: what they share)
