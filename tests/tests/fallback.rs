@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    GatewayConfig, Poller, SseEnd, SseMessage, SseStream, StatusCode, TestGateway, TestRedis,
-    TokenBuilder, assert_event, assert_http_error, brief, decode_cursor, eventually, get_poll,
-    http_client, metric_value, subscribe_outcome, token,
+    GatewayConfig, PollAnswer, Poller, SseEnd, SseMessage, SseStream, StatusCode, TestGateway,
+    TestRedis, TokenBuilder, assert_event, assert_http_error, brief, decode_cursor, eventually,
+    get_poll, http_client, metric_value, subscribe_outcome, token,
 };
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -184,6 +184,25 @@ async fn clients(gw: &TestGateway) -> Vec<Value> {
     let (status, body) = gw.get_admin("/api/clients").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["clients"].as_array().cloned().unwrap_or_default()
+}
+
+/// Starts a 30 s poll on `gw` and returns once `asked` (any node) lists it among the clients.
+async fn poll_in_flight(
+    poller: &Poller,
+    gw: &TestGateway,
+    asked: &TestGateway,
+) -> tokio::task::JoinHandle<PollAnswer> {
+    let (base, node) = (gw.public_url(), gw.node_id().to_owned());
+    let mut in_flight = poller.clone();
+    let waiting = tokio::spawn(async move { in_flight.poll(&base, 30_000).await });
+    eventually(Duration::from_secs(10), "the poll is in flight", || async {
+        clients(asked)
+            .await
+            .iter()
+            .any(|c| c["transport"] == "poll" && c["node_id"] == node.as_str())
+    })
+    .await;
+    waiting
 }
 
 #[tokio::test]
@@ -615,16 +634,7 @@ async fn a_poll_in_flight_during_drain_answers_early_with_the_disconnect_frame()
     let mut poller = Poller::new(&token("42"), &["jobs"]);
     poller.poll_frames(&gws[0].public_url(), 0).await;
 
-    let base = gws[0].public_url();
-    let mut in_flight = poller.clone();
-    let waiting = tokio::spawn(async move { in_flight.poll(&base, 30_000).await });
-    eventually(Duration::from_secs(10), "the poll is in flight", || async {
-        clients(&gws[1])
-            .await
-            .iter()
-            .any(|c| c["transport"] == "poll" && c["node_id"] == gws[0].node_id())
-    })
-    .await;
+    let waiting = poll_in_flight(&poller, &gws[0], &gws[1]).await;
 
     let told = Instant::now();
     gws[0].terminate();
@@ -1334,16 +1344,7 @@ async fn an_operator_disconnect_ends_sse_and_poll_with_the_disconnect_frame() {
     let (mut stream, _, _) = sse_with_head(sse_request(&gws[0], "42", &["jobs"])).await;
     let mut poller = Poller::new(&token("42"), &["jobs"]);
     poller.poll_frames(&gws[1].public_url(), 0).await;
-    let base = gws[1].public_url();
-    let mut waiting = poller.clone();
-    let task = tokio::spawn(async move { waiting.poll(&base, 30_000).await });
-    eventually(Duration::from_secs(10), "the poll is in flight", || async {
-        clients(&gws[0])
-            .await
-            .iter()
-            .any(|c| c["transport"] == "poll")
-    })
-    .await;
+    let task = poll_in_flight(&poller, &gws[1], &gws[0]).await;
 
     // Asked on one node, done on every node.
     let (status, reply) = gws[0]
