@@ -3,7 +3,8 @@
 //! Layout, in the order a connection meets it:
 //!
 //! - [`config`]: flags, `GATEWAY_*` variables and the TOML file, validated at startup.
-//! - `server`: the public listener; checks origin and token, then upgrades to a `session`.
+//! - `listener`: the accept loop of both listeners: TLS, handshake deadline and bound, HTTP.
+//! - `server`: the public routes; checks origin and token, then upgrades to a `session`.
 //! - `session`: one task per socket: client frames in, limits, heartbeats, the backlog out.
 //! - `outbox`: a connection's outgoing side: frames straight to the socket, or into a backlog
 //!   bounded in bytes when the socket is full.
@@ -31,6 +32,7 @@ pub mod config;
 mod fallback;
 pub mod history;
 mod hub;
+mod listener;
 mod metrics;
 mod node;
 mod outbox;
@@ -44,7 +46,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use publisher::wire::Topics;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -63,8 +64,6 @@ use crate::node::Node;
 
 /// Messages the bus may hand the hub ahead of its fan-out before they are dropped.
 const BUS_INBOX_CAPACITY: usize = 65_536;
-/// How long open TLS connections get to finish once the listener stops.
-const TLS_GRACE: Duration = Duration::from_secs(1);
 /// How long the listeners get to finish their connections after the drain.
 const LISTENER_GRACE: Duration = Duration::from_secs(2);
 
@@ -81,14 +80,8 @@ pub enum GatewayError {
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
     /// The TLS certificate or key could not be loaded.
-    #[error("TLS certificate {path}: {source}")]
-    Tls {
-        /// The certificate file.
-        path: std::path::PathBuf,
-        /// Why it could not be used.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("public listener: {0}")]
+    Listener(#[from] listener::ListenerError),
     /// The bus could not be set up.
     #[error("bus: {0}")]
     Bus(#[from] BrokerError),
@@ -115,10 +108,8 @@ pub async fn run(
         "gateway listening"
     );
     let (stop_listeners, stopped) = watch::channel(false);
-    let public_task = serve_public(Arc::clone(&node), public, stopped.clone()).await?;
-    let admin_server = axum::serve(admin, admin::router(Arc::clone(&node)))
-        .with_graceful_shutdown(until_stopped(stopped));
-    let admin_task = tokio::spawn(async move { admin_server.await });
+    let public_task = serve_public(Arc::clone(&node), public, stopped.clone())?;
+    let admin_task = serve_admin(Arc::clone(&node), admin, stopped);
 
     shutdown.await;
     drain(&node).await;
@@ -235,50 +226,34 @@ fn spawn_node_tasks(node: &Arc<Node>, inbox: mpsc::Receiver<BusMessage>) {
     tokio::spawn(node.hub.clone().run_bus_watch(node.bus_status()));
 }
 
-/// Resolves once `stop` turns true.
-async fn until_stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// Serves the public listener, over TLS where configured, until `stop` turns true.
-async fn serve_public(
+/// Serves the public routes: plain, or TLS when a certificate is configured. Sockets there
+/// get `TCP_USER_TIMEOUT` of the idle timeout.
+fn serve_public(
     node: Arc<Node>,
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) -> Result<ListenerTask, GatewayError> {
-    let tls = node.config.tls.clone();
-    let node_idle_timeout = node.config.idle_timeout;
-    let router = server::router(node);
-    let Some((cert, key)) = tls else {
-        // Frames are small and latency-bound: no Nagle delay behind an unacknowledged one.
-        let unread = node_idle_timeout;
-        let listener = listener.tap_io(move |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-            // A peer that takes no bytes for this long is gone, even if it still acknowledges
-            // (a stalled reader behind a zero window): the kernel drops the connection.
-            if let Err(error) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(unread)) {
-                tracing::debug!(%error, "could not set TCP_USER_TIMEOUT");
-            }
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(until_stopped(stop));
-        return Ok(tokio::spawn(async move { server.await }));
+    let tls = match &node.config.tls {
+        Some((cert, key)) => Some(listener::tls_acceptor(cert, key)?),
+        None => None,
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-        .await
-        .map_err(|source| GatewayError::Tls { path: cert, source })?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-        // As on the plain listener: no Nagle delay behind an unacknowledged frame.
-        .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-        .handle(handle.clone())
-        .serve(router.into_make_service());
-    tokio::spawn(async move {
-        until_stopped(stop).await;
-        handle.graceful_shutdown(Some(TLS_GRACE));
-    });
-    Ok(tokio::spawn(server))
+    let settings = listener::Settings::new(&node.config.limits, Some(node.config.idle_timeout));
+    let metrics = Arc::clone(&node.metrics);
+    let router = server::router(node);
+    Ok(listener::serve(
+        listener, router, settings, tls, metrics, stop,
+    ))
+}
+
+/// Serves the admin routes.
+fn serve_admin(
+    node: Arc<Node>,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+) -> ListenerTask {
+    let settings = listener::Settings::new(&node.config.limits, None);
+    let metrics = Arc::clone(&node.metrics);
+    listener::serve(listener, admin::router(node), settings, None, metrics, stop)
 }
 
 /// The token verifier and API key; in development mode, made up and logged.

@@ -26,6 +26,13 @@ pub(crate) enum Refusal {
     AuthTimeout,
     /// The first frame was not a usable `auth` frame.
     AuthFrame,
+    /// The TLS handshake or the first request head did not finish within
+    /// `GATEWAY_HANDSHAKE_TIMEOUT`.
+    HandshakeTimeout,
+    /// `GATEWAY_MAX_PENDING_HANDSHAKES` connections were already in their handshake.
+    HandshakeLimit,
+    /// The first request head was too large or not HTTP.
+    RequestHead,
 }
 
 impl Refusal {

@@ -12,7 +12,7 @@ use axum::routing::get;
 use publisher::wire::Position;
 
 use crate::node::Node;
-use crate::protocol::http_error;
+use crate::protocol::{http_error, json_errors};
 use crate::session;
 use crate::view::Transport;
 use crate::{admission, fallback};
@@ -24,6 +24,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/sse", get(fallback::sse).options(fallback::preflight))
         .route("/poll", get(fallback::poll).options(fallback::preflight))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(node)
 }
 

@@ -248,6 +248,22 @@ impl TestClient {
         self.send(Message::binary(bytes), "a binary frame").await;
     }
 
+    /// Sends one raw WebSocket frame (a fragment, say); panics if the connection is gone.
+    pub async fn send_frame(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+    ) {
+        self.send(Message::Frame(frame), "a raw frame").await;
+    }
+
+    /// Sends one raw frame, returning the error if the connection is gone.
+    pub async fn try_send_frame(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+    ) -> Result<(), WsError> {
+        self.ws.send(Message::Frame(frame)).await
+    }
+
     /// Sends a text frame, returning the error if the connection is gone (for floods).
     pub async fn try_send_text(&mut self, text: &str) -> Result<(), WsError> {
         self.ws.send(Message::text(text)).await

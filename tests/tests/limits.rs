@@ -179,3 +179,49 @@ async fn a_client_that_answers_no_ping_is_closed_after_the_idle_timeout_with_100
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A message over the limit sent in fragments, and one sent as a single oversize frame: the
+/// server drops the rest of the message unparsed rather than resetting the connection (which
+/// would fail the client's pending writes and lose the close frame), so the client finishes
+/// sending and sees 1009 every time.
+#[tokio::test]
+async fn oversize_messages_in_fragments_or_one_frame_close_with_1009_every_time() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    // 8 MiB: more than loopback buffers hold, so sending it needs the server to keep reading.
+    const FRAGMENTS: usize = 80;
+    let gw = TestGateway::spawn(GatewayConfig::new()).await;
+    let chunk = "x".repeat(100 * 1024);
+    for round in 0..6 {
+        let mut client = gw.connect_as(&format!("u{round}")).await;
+        let sent = if round % 2 == 0 {
+            let mut sent = client
+                .try_send_frame(Frame::message(
+                    chunk.clone(),
+                    OpCode::Data(Data::Text),
+                    false,
+                ))
+                .await;
+            for fragment in 1..FRAGMENTS {
+                let fin = fragment == FRAGMENTS - 1;
+                let frame = Frame::message(chunk.clone(), OpCode::Data(Data::Continue), fin);
+                sent = sent.and(client.try_send_frame(frame).await);
+            }
+            sent
+        } else {
+            let frame = Frame::message(
+                "y".repeat(FRAGMENTS * chunk.len()),
+                OpCode::Data(Data::Text),
+                true,
+            );
+            client.try_send_frame(frame).await
+        };
+        assert!(
+            sent.is_ok(),
+            "round {round}: the server reset the connection: {sent:?}"
+        );
+        let (_, closed) = client.drain_until_close().await;
+        assert_eq!(closed.code, Some(1009), "round {round}: {closed:?}");
+    }
+}

@@ -20,7 +20,7 @@ use crate::cluster::ClusterError;
 use crate::history::HistoryError;
 use crate::hub::HubError;
 use crate::node::Node;
-use crate::protocol::{ClientError, ErrorCode, error_body, http_error};
+use crate::protocol::{ClientError, ErrorCode, error_body, http_error, json_errors};
 
 /// Routes of the admin listener.
 pub(crate) fn router(node: Arc<Node>) -> Router {
@@ -43,6 +43,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/healthz", get(|| async { "ok" }))
         .nest("/api", api)
+        .layer(middleware::map_response(json_errors))
         .with_state(node)
 }
 

@@ -128,6 +128,12 @@ pub struct Limits {
     pub rate_limit_per_second: u32,
     /// Burst of client frames above the rate.
     pub rate_limit_burst: u32,
+    /// Time a new connection has for its TLS handshake and first request head.
+    pub handshake_timeout: Duration,
+    /// Connections that may be in their handshake at once, per listener.
+    pub max_pending_handshakes: usize,
+    /// Largest HTTP request head in bytes.
+    pub max_header_bytes: usize,
 }
 
 /// The validated configuration of a node.
@@ -178,6 +184,10 @@ pub struct Config {
 }
 
 /// The public listener's default address.
+/// Bounds of `GATEWAY_MAX_HEADER_BYTES`: HTTP parsing needs at least 8 KiB of buffer.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
 /// The admin listener's default address.
 const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9090);
@@ -395,6 +405,18 @@ impl Limits {
                 .rate_limit_burst
                 .or(file.rate_limit_burst)
                 .unwrap_or(200),
+            handshake_timeout: args
+                .handshake_timeout
+                .or(file.handshake_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            max_pending_handshakes: args
+                .max_pending_handshakes
+                .or(file.max_pending_handshakes)
+                .unwrap_or(4096),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .unwrap_or(64 * 1024),
         }
     }
 
@@ -412,6 +434,17 @@ impl Limits {
             return invalid(
                 "GATEWAY_RATE_LIMIT_PER_SECOND and GATEWAY_RATE_LIMIT_BURST must be at least 1",
             );
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("GATEWAY_HANDSHAKE_TIMEOUT must be more than 0s");
+        }
+        if self.max_pending_handshakes == 0 {
+            return invalid("GATEWAY_MAX_PENDING_HANDSHAKES must be at least 1");
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return invalid(format!(
+                "GATEWAY_MAX_HEADER_BYTES must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"
+            ));
         }
         Ok(())
     }

@@ -82,6 +82,15 @@ pub struct Args {
     /// Burst of client frames above the rate [default: 200].
     #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
+    /// Time a new connection has for its TLS handshake and first request head [default: 10s].
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", value_parser = duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Connections that may be in their handshake at once, per listener [default: 4096].
+    #[arg(long, env = "GATEWAY_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Largest HTTP request head (request line and headers) in bytes [default: 65536].
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
     /// Interval of server pings, and the interval advised to clients [default: 25s].
     #[arg(long, env = "GATEWAY_HEARTBEAT_INTERVAL", value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -138,6 +147,10 @@ pub(super) struct FileConfig {
     pub(super) max_channels_per_connection: Option<usize>,
     pub(super) rate_limit_per_second: Option<u32>,
     pub(super) rate_limit_burst: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(super) handshake_timeout: Option<Duration>,
+    pub(super) max_pending_handshakes: Option<usize>,
+    pub(super) max_header_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     pub(super) heartbeat_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]

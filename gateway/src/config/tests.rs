@@ -67,3 +67,40 @@ fn contradictions_are_refused_with_a_clear_message() {
     };
     assert!(Config::load(short_idle).is_err());
 }
+
+#[test]
+fn handshake_limits_have_defaults_and_are_validated() {
+    let config = Config::load(Args::default()).unwrap();
+    assert_eq!(config.limits.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.max_pending_handshakes, 4096);
+    assert_eq!(config.limits.max_header_bytes, 65_536);
+    let from_file = with_file("handshake_timeout = \"2s\"\nmax_header_bytes = 16384\n").unwrap();
+    assert_eq!(from_file.limits.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(from_file.limits.max_header_bytes, 16_384);
+    for (args, variable) in [
+        (
+            Args {
+                handshake_timeout: Some(Duration::ZERO),
+                ..Args::default()
+            },
+            "GATEWAY_HANDSHAKE_TIMEOUT",
+        ),
+        (
+            Args {
+                max_pending_handshakes: Some(0),
+                ..Args::default()
+            },
+            "GATEWAY_MAX_PENDING_HANDSHAKES",
+        ),
+        (
+            Args {
+                max_header_bytes: Some(1024),
+                ..Args::default()
+            },
+            "GATEWAY_MAX_HEADER_BYTES",
+        ),
+    ] {
+        let error = Config::load(args).unwrap_err().to_string();
+        assert!(error.contains(variable), "{error}");
+    }
+}

@@ -188,7 +188,9 @@ async fn finish(session: Session, slot: bool, ending: Ending) {
 /// Closes a connection that never became a session, counting it.
 async fn refuse(node: &Node, socket: &mut Socket, outbox: &Outbox, code: CloseCode) {
     node.metrics.disconnected(code.label());
-    close_socket(socket, outbox, code, CLOSE_TIMEOUT).await;
+    // A first frame that failed to parse may have left the stream mid-frame.
+    let readable = code != CloseCode::TokenInvalid;
+    close_socket(socket, outbox, code, CLOSE_TIMEOUT, readable).await;
     outbox.shut();
 }
 
@@ -270,6 +272,8 @@ struct Session {
     rate_strikes: Strikes,
     bad_frames: Strikes,
     last_seen: Instant,
+    /// Reading the socket failed: it is no longer parsed as WebSocket frames.
+    read_failed: bool,
 }
 
 impl Session {
@@ -291,6 +295,7 @@ impl Session {
             socket,
             outbox,
             last_seen: Instant::now(),
+            read_failed: false,
         }
     }
 
@@ -330,7 +335,10 @@ impl Session {
                                 break ending;
                             }
                         }
-                        Some(Err(error)) => break ending_for_read_error(&error),
+                        Some(Err(error)) => {
+                            self.read_failed = true;
+                            break ending_for_read_error(&error);
+                        }
                         None => break Ending::ByClient(ClientClose::Abnormal),
                     }
                 }
@@ -379,6 +387,7 @@ impl Session {
             &self.outbox,
             code,
             send_timeout,
+            !self.read_failed,
         ))
         .await;
     }
@@ -537,12 +546,14 @@ fn ending_for_read_error(error: &tungstenite::Error) -> Ending {
 
 /// Sends a close frame behind what is queued (giving up on the queue after `send_timeout`),
 /// then waits briefly for the client's reply so the close frame is not lost to a TCP reset
-/// caused by unread input.
+/// caused by unread input. `readable` is false once reading the socket failed: the stream may
+/// be in the middle of an oversize frame, so its bytes are no longer parsed, only dropped.
 async fn close_socket(
     socket: &mut Socket,
     outbox: &Outbox,
     code: CloseCode,
     send_timeout: Duration,
+    readable: bool,
 ) {
     let frame = CloseFrame {
         code: code.code().into(),
@@ -557,13 +568,30 @@ async fn close_socket(
         return;
     }
     let _ = timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
+        if readable {
+            loop {
+                match socket.next().await {
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => break,
+                }
             }
         }
+        linger(socket.get_mut()).await;
     })
     .await;
+}
+
+/// Half-closes the socket and reads what the client still sends (the rest of an oversize
+/// message, then its close reply) into a small scratch buffer until it closes its side.
+async fn linger(io: &mut SocketIo) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 4096];
+    while matches!(io.read(&mut scratch).await, Ok(read) if read > 0) {}
 }
 
 #[cfg(test)]

@@ -3,15 +3,16 @@
 //! Every frame is a JSON text frame. Client frames may carry an `id` (number or string) that the
 //! reply echoes. Event frames are encoded here once per node and shared by every recipient.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use publisher::wire::{Envelope, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use strum::VariantNames;
+
+mod http;
+
+pub(crate) use self::http::{HttpError, error_body, http_error, http_error_bytes, json_errors};
 
 /// Defines [`CloseCode`] from one list: each variant's number, its reason text, and `ALL`.
 macro_rules! close_codes {
@@ -142,46 +143,6 @@ impl ClientError {
             message: message.into(),
         }
     }
-}
-
-/// An HTTP refusal, answered with [`http_error`]; small enough to return in a `Result`.
-#[derive(Debug, Clone)]
-pub(crate) struct HttpError {
-    status: StatusCode,
-    code: Cow<'static, str>,
-    message: String,
-}
-
-impl HttpError {
-    /// A refusal with `status`, an error `code` and a message for the caller's developer.
-    pub(crate) fn new(
-        status: StatusCode,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        http_error(self.status, &self.code, &self.message)
-    }
-}
-
-/// An HTTP error with the JSON body `{"error":{"code":…,"message":…}}`: the one shape of every
-/// HTTP refusal, on both listeners.
-pub(crate) fn http_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(error_body(code, message))).into_response()
-}
-
-/// The JSON error body `{"error":{"code":…,"message":…}}`, also one entry of a batch reply.
-pub(crate) fn error_body(code: &str, message: &str) -> serde_json::Value {
-    serde_json::json!({"error": {"code": code, "message": message}})
 }
 
 /// A client frame's `id`, echoed verbatim in the reply.
