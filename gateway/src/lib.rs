@@ -53,7 +53,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::{
-    Broker, BrokerError, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings,
+    Broker, BrokerError, BusCounters, BusInbox, BusMessage, CanarySettings, MemoryBus, RedisBroker,
+    RedisSettings,
 };
 use crate::cluster::{Cluster, Registry};
 use crate::config::Config;
@@ -201,8 +202,18 @@ fn redis_backends(
         url: url.to_owned(),
         subscription_connections: config.redis_subscription_connections,
         publish_pool_size: config.redis_pool_size,
+        canary: CanarySettings {
+            topics: topics.clone(),
+            node_id: config.node_id.clone(),
+            interval: config.bus_canary_interval,
+            timeout: config.bus_canary_timeout,
+        },
     };
-    let broker = RedisBroker::start(&settings, inbox, metrics.bus_reconnects.clone())?;
+    let counters = BusCounters {
+        reconnects: metrics.bus_reconnects.clone(),
+        canary_failures: metrics.bus_canary_failures.clone(),
+    };
+    let broker = RedisBroker::start(&settings, inbox, counters)?;
     let history = RedisHistory::new(
         broker.connection().clone(),
         topics.clone(),

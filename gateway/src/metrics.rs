@@ -143,6 +143,8 @@ pub(crate) struct Metrics {
     pub bus_up: IntGauge,
     /// Bus reconnections.
     pub bus_reconnects: IntCounter,
+    /// Bus canaries that did not come back in time.
+    pub bus_canary_failures: IntCounter,
     /// Recoveries on subscribe, by result.
     pub recoveries: IntCounterVec,
     /// Bytes queued in every connection's outbox, not yet written.
@@ -201,6 +203,10 @@ impl Metrics {
             )?,
             bus_up: r.gauge("gateway_bus_up", "1 while the bus is connected.")?,
             bus_reconnects: r.counter("bus_reconnects", "Bus reconnections.")?,
+            bus_canary_failures: r.counter(
+                "bus_canary_failures",
+                "Bus canaries that did not come back within GATEWAY_BUS_CANARY_TIMEOUT.",
+            )?,
             recoveries: r.counter_vec(
                 "recoveries",
                 "Recoveries on subscribe, by result.",

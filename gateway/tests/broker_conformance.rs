@@ -5,8 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway::broker::{Broker, BusInbox, BusMessage, MemoryBus, RedisBroker, RedisSettings};
+use gateway::broker::{
+    Broker, BusCounters, BusInbox, BusMessage, CanarySettings, MemoryBus, RedisBroker,
+    RedisSettings,
+};
 use prometheus::IntCounter;
+use publisher::wire::Topics;
 use testkit::RedisServer;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -57,8 +61,18 @@ impl Bus for Redis {
             url: self.0.url(),
             subscription_connections: 3,
             publish_pool_size: 4,
+            canary: CanarySettings {
+                topics: Topics::new("gw"),
+                node_id: format!("conformance-{}", uuid::Uuid::new_v4()),
+                interval: Duration::from_millis(200),
+                timeout: Duration::from_secs(2),
+            },
         };
-        let broker = RedisBroker::start(&settings, inbox, counter()).expect("broker starts");
+        let counters = BusCounters {
+            reconnects: counter(),
+            canary_failures: counter(),
+        };
+        let broker = RedisBroker::start(&settings, inbox, counters).expect("broker starts");
         let mut status = broker.status();
         timeout(Duration::from_secs(10), status.wait_for(|up| *up))
             .await
@@ -201,3 +215,37 @@ conformance!(
     carries_many_topics_and_large_payloads,
     reports_the_bus_up,
 );
+
+/// The Redis bus's canaries come back on every subscription connection (the bus stays up and
+/// counts no failure) and never reach the node's inbox.
+#[tokio::test]
+async fn redis_canaries_come_back_and_stay_off_the_inbox() {
+    let redis = RedisServer::start().await;
+    let (inbox, mut received) = BusInbox::new(4096, counter());
+    let counters = BusCounters {
+        reconnects: counter(),
+        canary_failures: counter(),
+    };
+    let settings = RedisSettings {
+        url: redis.url(),
+        subscription_connections: 3,
+        publish_pool_size: 2,
+        canary: CanarySettings {
+            topics: Topics::new("gw"),
+            node_id: "canary-test".into(),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+        },
+    };
+    let broker = RedisBroker::start(&settings, inbox, counters.clone()).expect("broker starts");
+    let mut status = broker.status();
+    timeout(Duration::from_secs(10), status.wait_for(|up| *up))
+        .await
+        .expect("the bus comes up")
+        .expect("status channel open");
+    let leaked = timeout(Duration::from_millis(1500), received.recv()).await;
+    assert!(leaked.is_err(), "a canary reached the inbox: {leaked:?}");
+    assert!(*broker.status().borrow());
+    assert_eq!(counters.canary_failures.get(), 0);
+    assert_eq!(counters.reconnects.get(), 0);
+}

@@ -1,18 +1,23 @@
 //! A TCP proxy on loopback that can stall its connections without closing them: the
-//! half-open connection a dead network path leaves behind.
+//! half-open connection a dead network path leaves behind, or a path that stops carrying one
+//! direction for a while.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Forwards `127.0.0.1:<port>` to a target; [`StallProxy::stall`] freezes every connection open
-/// at that moment (they stay open, nothing passes), while new connections pass normally.
+/// at that moment (they stay open, nothing passes), while new connections pass normally;
+/// [`StallProxy::pause_replies`] stops carrying the target's bytes back on every connection,
+/// new ones too, until [`StallProxy::resume_replies`] (nothing is lost: it stops reading).
 pub struct StallProxy {
     port: u16,
     generation: Arc<AtomicU64>,
+    replies_paused: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -25,6 +30,7 @@ impl StallProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let generation = Arc::new(AtomicU64::new(0));
         let current = Arc::clone(&generation);
+        let (replies_paused, paused) = watch::channel(false);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)).await else {
@@ -34,12 +40,18 @@ impl StallProxy {
                 let stalled = Arc::new(AtomicBool::new(false));
                 let (client_read, client_write) = client.into_split();
                 let (upstream_read, upstream_write) = upstream.into_split();
-                for (mut from, mut to) in [
+                let (_, never_paused) = watch::channel(false);
+                for (mut from, mut to, mut paused) in [
                     (
                         Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
                         Box::new(upstream_write) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        never_paused,
                     ),
-                    (Box::new(upstream_read), Box::new(client_write)),
+                    (
+                        Box::new(upstream_read),
+                        Box::new(client_write),
+                        paused.clone(),
+                    ),
                 ] {
                     let current = Arc::clone(&current);
                     let stalled = Arc::clone(&stalled);
@@ -50,6 +62,10 @@ impl StallProxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
+                            // Held here while paused: nothing more is read, nothing is lost.
+                            if paused.wait_for(|paused| !paused).await.is_err() {
+                                break;
+                            }
                             if current.load(Ordering::Acquire) != mine {
                                 stalled.store(true, Ordering::Release);
                             }
@@ -73,6 +89,7 @@ impl StallProxy {
         Self {
             port,
             generation,
+            replies_paused,
             accept,
         }
     }
@@ -85,6 +102,16 @@ impl StallProxy {
     /// Freezes every connection open now; later connections pass.
     pub fn stall(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Stops carrying bytes from the target back to clients, on every connection.
+    pub fn pause_replies(&self) {
+        self.replies_paused.send_replace(true);
+    }
+
+    /// Carries the target's bytes again, those held meanwhile first.
+    pub fn resume_replies(&self) {
+        self.replies_paused.send_replace(false);
     }
 }
 

@@ -283,7 +283,7 @@ async fn killed_pubsub_connections_are_restored_without_clients_noticing() {
 }
 
 #[tokio::test]
-async fn a_half_open_bus_connection_is_found_by_its_probe_and_replaced() {
+async fn a_half_open_bus_connection_is_found_by_its_canary_and_replaced() {
     let redis = TestRedis::start().await;
     let proxy = StallProxy::start(redis.port()).await;
     let via_proxy = format!("redis://127.0.0.1:{}", proxy.port());

@@ -20,7 +20,7 @@ use publisher::shared::SetupError;
 use tokio::sync::{mpsc, watch};
 
 pub use memory::{MemoryBroker, MemoryBus};
-pub use redis::{RedisBroker, RedisSettings};
+pub use redis::{BusCounters, CanarySettings, RedisBroker, RedisSettings};
 
 /// A boxed future, so that brokers can be used as `dyn Broker`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -3,9 +3,17 @@
 //! Topics are spread over several subscription connections ("shards") by a stable hash, so
 //! one topic always lives on one connection and its subscribe and unsubscribe requests keep
 //! their order. Each shard owns its connection: it applies requests in batches, hands every
-//! message to the node's inbox without waiting, pings to find a half-open connection, and on
-//! any failure reconnects with backoff and subscribes again to everything its topics need.
-//! The bus counts as up only while every shard is connected; it never falls back to memory.
+//! message to the node's inbox without waiting, and on any failure reconnects with backoff and
+//! subscribes again to everything its topics need. The bus counts as up only while every shard
+//! is connected; it never falls back to memory.
+//!
+//! An open connection is not proof of delivery: a half-open socket, a proxy that stalls one
+//! direction, or a failover that left the connection on a server that no longer gets the
+//! publishes all look healthy to TCP. So each shard sends itself a canary through Redis (a
+//! PUBLISH on the pool's connection to a topic only it subscribes to) every canary interval,
+//! and treats one that is not back within the canary timeout as a lost connection. The bus goes
+//! down while the shard reconnects, and the hub catches channels up from history once it is
+//! back.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -18,15 +26,14 @@ use futures_util::StreamExt;
 use prometheus::IntCounter;
 use publisher::SharedConnection;
 use publisher::shared::SetupError;
+use publisher::wire::Topics;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 use super::{BoxFuture, Broker, BrokerError, BusInbox, BusMessage};
 
-/// How often an idle subscription connection is pinged.
-const PROBE_INTERVAL: Duration = Duration::from_secs(3);
-/// How long a ping, a connect or a subscribe may take before the connection counts as lost.
+/// How long a connect or a subscribe may take before the connection counts as lost.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Requests applied in one round trip at most.
 const MAX_BATCH: usize = 1024;
@@ -42,6 +49,30 @@ pub struct RedisSettings {
     pub subscription_connections: usize,
     /// Pooled connections for publishing.
     pub publish_pool_size: usize,
+    /// The canaries each subscription connection sends itself.
+    pub canary: CanarySettings,
+}
+
+/// How a subscription connection proves that it still delivers.
+#[derive(Debug, Clone)]
+pub struct CanarySettings {
+    /// The topics of the deployment, for the canary topics ([`Topics::canary`]).
+    pub topics: Topics,
+    /// This node's id, in its canary topics.
+    pub node_id: String,
+    /// Time between canaries.
+    pub interval: Duration,
+    /// Time a canary has to come back.
+    pub timeout: Duration,
+}
+
+/// What the bus counts.
+#[derive(Debug, Clone)]
+pub struct BusCounters {
+    /// Subscription connections restored after a loss.
+    pub reconnects: IntCounter,
+    /// Canaries that did not come back in time.
+    pub canary_failures: IntCounter,
 }
 
 enum Request {
@@ -54,7 +85,7 @@ struct Health {
     shards: usize,
     connected: AtomicUsize,
     status: watch::Sender<bool>,
-    reconnects: IntCounter,
+    counters: BusCounters,
 }
 
 impl Health {
@@ -86,7 +117,7 @@ impl RedisBroker {
     pub fn start(
         settings: &RedisSettings,
         inbox: BusInbox,
-        reconnects: IntCounter,
+        counters: BusCounters,
     ) -> Result<Self, BrokerError> {
         let pool =
             publisher::shared::pool(&settings.url, settings.publish_pool_size, COMMAND_TIMEOUT)?;
@@ -97,8 +128,9 @@ impl RedisBroker {
             shards: shard_count,
             connected: AtomicUsize::new(0),
             status: status_tx,
-            reconnects,
+            counters,
         });
+        let redis = SharedConnection::new(pool);
         let shards = (0..shard_count)
             .map(|index| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -109,13 +141,23 @@ impl RedisBroker {
                     topics: HashSet::new(),
                     inbox: inbox.clone(),
                     health: Arc::clone(&health),
+                    canary: Canary {
+                        topic: settings
+                            .canary
+                            .topics
+                            .canary(&settings.canary.node_id, index),
+                        interval: settings.canary.interval,
+                        timeout: settings.canary.timeout,
+                        redis: redis.clone(),
+                        sent: 0,
+                    },
                 };
                 tokio::spawn(shard.run());
                 tx
             })
             .collect();
         Ok(Self {
-            redis: SharedConnection::new(pool),
+            redis,
             shards,
             status,
         })
@@ -179,6 +221,47 @@ struct Shard {
     topics: HashSet<String>,
     inbox: BusInbox,
     health: Arc<Health>,
+    canary: Canary,
+}
+
+/// A shard's canaries: numbered messages to a topic only this shard subscribes to.
+struct Canary {
+    topic: String,
+    interval: Duration,
+    timeout: Duration,
+    redis: SharedConnection,
+    /// The number of the last canary sent.
+    sent: u64,
+}
+
+impl Canary {
+    /// Sends the next canary without waiting for Redis: if the publish fails, the canary
+    /// does not come back, which is what counts.
+    fn send(&mut self) {
+        self.sent += 1;
+        let redis = self.redis.clone();
+        let topic = self.topic.clone();
+        let number = self.sent;
+        tokio::spawn(async move {
+            let Ok(mut connection) = redis.get().await else {
+                return;
+            };
+            let mut command = redis::cmd("PUBLISH");
+            command.arg(&topic).arg(number);
+            let publish = command.query_async::<i64>(&mut connection);
+            if let Ok(Err(error)) = timeout(COMMAND_TIMEOUT, publish).await {
+                redis.check(error);
+            }
+        });
+    }
+
+    /// Whether `payload` is the canary last sent.
+    fn is_current(&self, payload: &[u8]) -> bool {
+        std::str::from_utf8(payload)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            == Some(self.sent)
+    }
 }
 
 /// Why a connected shard stopped.
@@ -207,7 +290,7 @@ impl Shard {
                 }
             };
             if connected_before {
-                self.health.reconnects.inc();
+                self.health.counters.reconnects.inc();
                 tracing::info!(
                     shard = self.index,
                     topics = self.topics.len(),
@@ -234,6 +317,9 @@ impl Shard {
             .await
             .map_err(|_| BrokerError::Timeout("connect"))??;
         let (mut sink, stream) = pubsub.split();
+        timeout(COMMAND_TIMEOUT, sink.subscribe(&self.canary.topic))
+            .await
+            .map_err(|_| BrokerError::Timeout("canary subscribe"))??;
         let topics: Vec<&String> = self.topics.iter().collect();
         for chunk in topics.chunks(MAX_BATCH) {
             timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
@@ -263,12 +349,20 @@ impl Shard {
     }
 
     async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Lost {
-        let mut probe = tokio::time::interval_at(Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
-        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_canary =
+            tokio::time::interval_at(Instant::now() + self.canary.interval, self.canary.interval);
+        next_canary.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Armed while a canary is out; far away otherwise.
+        let canary_due = tokio::time::sleep(Duration::from_secs(86_400));
+        tokio::pin!(canary_due);
+        let mut canary_out = false;
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 message = stream.next() => match message {
+                    Some(message) if message.get_channel_name() == self.canary.topic => {
+                        canary_out &= !self.canary.is_current(message.get_payload_bytes());
+                    }
                     Some(message) => self.inbox.deliver(BusMessage {
                         topic: message.get_channel_name().to_owned(),
                         payload: Bytes::copy_from_slice(message.get_payload_bytes()),
@@ -283,13 +377,14 @@ impl Shard {
                         return Lost::Connection(error);
                     }
                 }
-                _ = probe.tick() => {
-                    match timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Lost::Connection(e.into()),
-                        // A half-open connection.
-                        Err(_) => return Lost::Connection(BrokerError::Timeout("PING")),
-                    }
+                _ = next_canary.tick(), if !canary_out => {
+                    self.canary.send();
+                    canary_out = true;
+                    canary_due.as_mut().reset(Instant::now() + self.canary.timeout);
+                }
+                () = &mut canary_due, if canary_out => {
+                    self.health.counters.canary_failures.inc();
+                    return Lost::Connection(BrokerError::Timeout("canary"));
                 }
             }
         }

@@ -151,6 +151,10 @@ pub struct Config {
     pub redis_subscription_connections: usize,
     /// Pooled Redis connections for publishing and commands.
     pub redis_pool_size: usize,
+    /// How often each subscription connection sends itself a canary.
+    pub bus_canary_interval: Duration,
+    /// How long a canary may take to come back.
+    pub bus_canary_timeout: Duration,
     /// This node's id.
     pub node_id: String,
     /// Token verification settings.
@@ -218,6 +222,16 @@ impl Config {
                 2,
             ),
             redis_pool_size: args.redis_pool_size.or(file.redis_pool_size).unwrap_or(8),
+            bus_canary_interval: pick(
+                args.bus_canary_interval,
+                file.bus_canary_interval,
+                Duration::from_secs(5),
+            ),
+            bus_canary_timeout: pick(
+                args.bus_canary_timeout,
+                file.bus_canary_timeout,
+                Duration::from_secs(3),
+            ),
             node_id: args
                 .node_id
                 .clone()
@@ -296,6 +310,11 @@ impl Config {
         }
         if !(1..=64).contains(&self.redis_subscription_connections) {
             return invalid("GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS must be 1 to 64");
+        }
+        if self.bus_canary_interval.is_zero() || self.bus_canary_timeout.is_zero() {
+            return invalid(
+                "GATEWAY_BUS_CANARY_INTERVAL and GATEWAY_BUS_CANARY_TIMEOUT must be more than 0s",
+            );
         }
         if !(1..=1024).contains(&self.redis_pool_size) {
             return invalid("GATEWAY_REDIS_POOL_SIZE must be 1 to 1024");

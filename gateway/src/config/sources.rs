@@ -40,6 +40,12 @@ pub struct Args {
     /// Pooled Redis connections for publishing and commands [default: 8].
     #[arg(long, env = "GATEWAY_REDIS_POOL_SIZE")]
     pub redis_pool_size: Option<usize>,
+    /// How often each subscription connection sends itself a canary through Redis [default: 5s].
+    #[arg(long, env = "GATEWAY_BUS_CANARY_INTERVAL", value_parser = duration)]
+    pub bus_canary_interval: Option<Duration>,
+    /// How long a canary may take to come back before the connection is replaced [default: 3s].
+    #[arg(long, env = "GATEWAY_BUS_CANARY_TIMEOUT", value_parser = duration)]
+    pub bus_canary_timeout: Option<Duration>,
     /// This node's id [default: hostname plus a random suffix].
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -133,6 +139,10 @@ pub(super) struct FileConfig {
     pub(super) redis_url: Option<String>,
     pub(super) redis_prefix: Option<String>,
     pub(super) redis_subscription_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(super) bus_canary_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(super) bus_canary_timeout: Option<Duration>,
     pub(super) redis_pool_size: Option<usize>,
     pub(super) node_id: Option<String>,
     pub(super) jwt_public_key_file: Option<PathBuf>,

@@ -104,3 +104,16 @@ fn handshake_limits_have_defaults_and_are_validated() {
         assert!(error.contains(variable), "{error}");
     }
 }
+
+#[test]
+fn bus_canary_settings_have_defaults_and_are_validated() {
+    let config = Config::load(Args::default()).unwrap();
+    assert_eq!(config.bus_canary_interval, Duration::from_secs(5));
+    assert_eq!(config.bus_canary_timeout, Duration::from_secs(3));
+    let args = Args {
+        bus_canary_timeout: Some(Duration::ZERO),
+        ..Args::default()
+    };
+    let error = Config::load(args).unwrap_err().to_string();
+    assert!(error.contains("GATEWAY_BUS_CANARY_TIMEOUT"), "{error}");
+}

@@ -58,6 +58,12 @@ impl Topics {
         format!("{}:ctl:{node}", self.prefix)
     }
 
+    /// The topic of `node`'s canaries on its subscription connection `connection`:
+    /// `<prefix>:canary:<node>:<connection>`. Only that node subscribes to it.
+    pub fn canary(&self, node: &str, connection: usize) -> String {
+        format!("{}:canary:{node}:{connection}", self.prefix)
+    }
+
     /// The topic a message goes to.
     pub fn for_target(&self, target: Target<'_>) -> String {
         // `concat` sizes the string once.
