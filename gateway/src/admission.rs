@@ -21,8 +21,9 @@ pub(crate) fn refuse(
 }
 
 /// Admits a request: `Ok(None)` when it brought no token (it may still send an `auth` frame
-/// on a WebSocket), `Ok(Some)` with the token's claims, or the refusal to answer with.
-pub(crate) fn admit(
+/// on a WebSocket), `Ok(Some)` with the token's claims, or the refusal to answer with. A token
+/// naming a key id no key set holds waits for the JWKS URL to be fetched again.
+pub(crate) async fn admit(
     node: &Node,
     headers: &HeaderMap,
     query_token: Option<&str>,
@@ -52,7 +53,7 @@ pub(crate) fn admit(
     let Some(token) = query_token.or(bearer) else {
         return Ok(None);
     };
-    match node.auth.verify(token.trim()) {
+    match node.auth.verify_refreshing(token.trim()).await {
         Ok(claims) => Ok(Some(claims)),
         Err(error) => {
             tracing::debug!(%error, "token refused");

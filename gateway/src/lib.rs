@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, JwksMetrics};
 use crate::broker::{
     Broker, BrokerError, BusCounters, BusInbox, BusMessage, CanarySettings, MemoryBus, RedisBroker,
     RedisSettings,
@@ -60,7 +60,7 @@ use crate::cluster::{Cluster, Registry};
 use crate::config::Config;
 use crate::history::{History, MemoryHistory, Policies, RedisHistory};
 use crate::hub::Hub;
-use crate::metrics::{Dropped, Metrics};
+use crate::metrics::{Dropped, JwksRefresh, Metrics};
 use crate::node::Node;
 
 /// Messages the bus may hand the hub ahead of its fan-out before they are dropped.
@@ -99,6 +99,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
     let (node, inbox) = build_node(config)?;
+    node.auth.fetch_remote_keys().await?;
     spawn_node_tasks(&node, inbox);
     tracing::info!(
         node_id = %node.config.node_id,
@@ -115,6 +116,7 @@ pub async fn run(
     shutdown.await;
     drain(&node).await;
     let _ = stop_listeners.send(true);
+    node.auth.stop_refreshing();
     for mut task in [public_task, admin_task] {
         // A client that stopped reading holds its HTTP connection open (an SSE stream whose
         // session ended is never polled again): past the grace time, it is dropped.
@@ -140,7 +142,7 @@ struct Backends {
 /// Builds the node from its configuration; returns it with the bus messages it must dispatch.
 fn build_node(config: Config) -> Result<(Arc<Node>, mpsc::Receiver<BusMessage>), GatewayError> {
     let metrics = Arc::new(Metrics::new()?);
-    let credentials = credentials(&config)?;
+    let credentials = credentials(&config, &metrics)?;
     let dropped = metrics
         .messages_dropped
         .with_label_values(&[Dropped::BusBacklog.label()]);
@@ -229,12 +231,16 @@ fn redis_backends(
     })
 }
 
-/// Starts what runs beside the listeners: bus dispatch, the cluster's leases, bus watches.
+/// Starts what runs beside the listeners: bus dispatch, the cluster's leases, bus watches,
+/// and the refresh of the JWKS file and URL.
 fn spawn_node_tasks(node: &Arc<Node>, inbox: mpsc::Receiver<BusMessage>) {
     tokio::spawn(watch_bus(Arc::clone(node)));
     tokio::spawn(dispatch(node.hub.clone(), Arc::clone(&node.cluster), inbox));
     tokio::spawn(Arc::clone(&node.cluster).run());
     tokio::spawn(node.hub.clone().run_bus_watch(node.bus_status()));
+    if let Some(refresher) = node.auth.refresher() {
+        tokio::spawn(refresher);
+    }
 }
 
 /// Serves the public routes: plain, or TLS when a certificate is configured. Sockets there
@@ -267,11 +273,23 @@ fn serve_admin(
     listener::serve(listener, admin::router(node), settings, None, metrics, stop)
 }
 
-/// The token verifier and API key; in development mode, made up and logged.
-fn credentials(config: &Config) -> Result<(Authenticator, String), GatewayError> {
+/// The token verifier and API key; in development mode, made up and logged. Keys from the
+/// JWKS URL come later, in [`run`].
+fn credentials(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Authenticator, String), GatewayError> {
     if !config.is_development() {
         let api_key = config.api_key.clone().unwrap_or_default();
-        return Ok((Authenticator::new(&config.auth)?, api_key));
+        let refreshes =
+            |result: JwksRefresh| metrics.jwks_refreshes.with_label_values(&[result.label()]);
+        let jwks_metrics = JwksMetrics::new(
+            refreshes(JwksRefresh::Ok),
+            refreshes(JwksRefresh::Error),
+            metrics.jwks_keys.clone(),
+        );
+        let auth = Authenticator::with_metrics(&config.auth, jwks_metrics)?;
+        return Ok((auth, api_key));
     }
     let (auth, secret) = Authenticator::development();
     let api_key = format!("{:032x}", rand::random::<u128>());
@@ -280,7 +298,8 @@ fn credentials(config: &Config) -> Result<(Authenticator, String), GatewayError>
         .unwrap_or_default();
     tracing::warn!(
         "DEVELOPMENT MODE, NOT FOR PRODUCTION: no GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY_FILE, \
-         GATEWAY_JWKS_FILE or GATEWAY_API_KEY is set, so a random secret and API key were made"
+         GATEWAY_JWKS_FILE, GATEWAY_JWKS_URL or GATEWAY_API_KEY is set, so a random secret and \
+         API key were made"
     );
     tracing::warn!(jwt_secret = %secret, api_key = %api_key, "development credentials");
     tracing::warn!(user_id = "demo", token = %demo, "demo token, valid 24h");

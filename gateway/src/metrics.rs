@@ -112,6 +112,23 @@ impl RecoveryResult {
     }
 }
 
+/// How a load of a JWKS file or URL ended (`result` of `gateway_jwks_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::VariantArray, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum JwksRefresh {
+    /// The document loaded: its keys are the ones held now.
+    Ok,
+    /// It could not be fetched, read or used: the last good keys are kept.
+    Error,
+}
+
+impl JwksRefresh {
+    /// The value as it appears in metrics labels.
+    pub(crate) fn label(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// Every metric of a node, registered in the node's own registry.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -153,6 +170,10 @@ pub(crate) struct Metrics {
     pub bus_publish_duration: Histogram,
     /// Bus publishes that failed.
     pub bus_publish_errors: IntCounter,
+    /// Loads of the JWKS file and URL, by result.
+    pub jwks_refreshes: IntCounterVec,
+    /// Keys held from the JWKS file and URL.
+    pub jwks_keys: IntGauge,
 }
 
 impl Metrics {
@@ -219,6 +240,12 @@ impl Metrics {
                 BUS_PUBLISH_BUCKETS,
             )?,
             bus_publish_errors: r.counter("bus_publish_errors", "Bus publishes that failed.")?,
+            jwks_refreshes: r.counter_vec(
+                "jwks_refreshes",
+                "Loads of the JWKS file and URL, by result.",
+                "result",
+            )?,
+            jwks_keys: r.gauge("gateway_jwks_keys", "Keys held from the JWKS file and URL.")?,
             registry,
         };
         metrics.prime();
@@ -247,6 +274,9 @@ impl Metrics {
         }
         for result in RecoveryResult::VARIANTS {
             self.recoveries.with_label_values(&[result.label()]);
+        }
+        for result in JwksRefresh::VARIANTS {
+            self.jwks_refreshes.with_label_values(&[result.label()]);
         }
     }
 
@@ -379,5 +409,13 @@ mod tests {
                 "{result}"
             );
         }
+        for result in ["ok", "error"] {
+            let metric = "gateway_jwks_refreshes_total";
+            assert!(has(metric, "result", result), "{result}");
+        }
+        assert!(
+            text.contains("\ngateway_jwks_keys 0\n"),
+            "gateway_jwks_keys"
+        );
     }
 }

@@ -39,7 +39,8 @@ async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal,
     };
-    let claims = match admission::admit(&node, &headers, query.get("token").map(String::as_str)) {
+    let token = query.get("token").map(String::as_str);
+    let claims = match admission::admit(&node, &headers, token).await {
         Ok(claims) => claims,
         Err(refusal) => return refusal.into_response(),
     };

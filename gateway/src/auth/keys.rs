@@ -26,22 +26,46 @@ pub(super) struct Jwks {
 }
 
 impl Jwks {
-    /// The key named by `kid`; without a kid, the only key if there is exactly one.
-    pub(super) fn select(&self, kid: Option<&str>) -> Result<&VerifyKey, AuthError> {
-        match (kid, self.keys.as_slice()) {
-            (Some(kid), keys) => keys
-                .iter()
-                .find(|(id, _)| id.as_deref() == Some(kid))
-                .map(|(_, key)| key)
+    /// The key named `kid`, if this set holds it.
+    pub(super) fn find(&self, kid: &str) -> Option<&VerifyKey> {
+        self.keys
+            .iter()
+            .find(|(id, _)| id.as_deref() == Some(kid))
+            .map(|(_, key)| key)
+    }
+
+    /// The key ids of this set, for logs.
+    pub(super) fn key_ids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|(id, _)| id.as_deref().unwrap_or("(no kid)"))
+            .collect()
+    }
+
+    /// The key named by `kid` in any of `sets`, the first set first; without a kid, the only
+    /// key if the sets hold exactly one between them.
+    pub(super) fn select<'a>(
+        mut sets: impl Iterator<Item = &'a Jwks>,
+        kid: Option<&str>,
+    ) -> Result<&'a VerifyKey, AuthError> {
+        match kid {
+            Some(kid) => sets
+                .find_map(|set| set.find(kid))
                 // The kid comes from the client: keep what ends up in logs short.
                 .ok_or_else(|| AuthError::UnknownKey(Some(kid.chars().take(64).collect()))),
-            (None, [(_, key)]) => Ok(key),
-            (None, _) => Err(AuthError::UnknownKey(None)),
+            None => {
+                let mut keys = sets.flat_map(|set| set.keys.iter());
+                match (keys.next(), keys.next()) {
+                    (Some((_, key)), None) => Ok(key),
+                    _ => Err(AuthError::UnknownKey(None)),
+                }
+            }
         }
     }
 }
 
 /// What every key's `Validation` has in common.
+#[derive(Debug, Clone)]
 pub(super) struct Policy {
     pub(super) audience: Option<String>,
     pub(super) issuer: Option<String>,
@@ -119,13 +143,38 @@ pub(super) fn load_pem(path: &Path, policy: &Policy) -> Result<VerifyKey, AuthEr
     })
 }
 
-/// Loads the signature keys of a JWKS document; encryption and symmetric keys are skipped.
+/// Loads the signature keys of a JWKS file; encryption and symmetric keys are skipped.
 pub(super) fn load_jwks(path: &Path, policy: &Policy) -> Result<Jwks, AuthError> {
-    let text = read_key_file(path)?;
-    let set: JwkSet = serde_json::from_slice(&text).map_err(|source| AuthError::InvalidJwks {
-        path: path.to_owned(),
-        source,
-    })?;
+    file_jwks(path, &read_key_file(path)?, policy)
+}
+
+/// The keys of `text`, read from the JWKS file at `path`; errors name the file.
+pub(super) fn file_jwks(path: &Path, text: &[u8], policy: &Policy) -> Result<Jwks, AuthError> {
+    parse_jwks(text, policy).map_err(|error| match error {
+        JwksError::Json(source) => AuthError::InvalidJwks {
+            path: path.to_owned(),
+            source,
+        },
+        JwksError::Key(source) => AuthError::InvalidKey {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// Why a JWKS document gave no usable key set.
+#[derive(Debug)]
+pub(super) enum JwksError {
+    /// Not a JWKS document.
+    Json(serde_json::Error),
+    /// A key the backend cannot use, or no signature key at all.
+    Key(JwtError),
+}
+
+/// The signature keys of a JWKS document; encryption and symmetric keys are skipped. A
+/// document without any usable key is an error, so a key set is never empty.
+pub(super) fn parse_jwks(text: &[u8], policy: &Policy) -> Result<Jwks, JwksError> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(JwksError::Json)?;
     let mut keys = Vec::with_capacity(set.keys.len());
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -150,16 +199,11 @@ pub(super) fn load_jwks(path: &Path, policy: &Policy) -> Result<Jwks, AuthError>
         match checked {
             Ok(key) => keys.push((jwk.common.key_id.clone(), key)),
             Err(e) if matches!(e.kind(), ErrorKind::UnsupportedAlgorithm) => {} // e.g. EC P-521
-            Err(source) => {
-                return Err(AuthError::InvalidKey {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+            Err(source) => return Err(JwksError::Key(source)),
         }
     }
     if keys.is_empty() {
-        return Err(invalid_key(path, ErrorKind::UnsupportedAlgorithm));
+        return Err(JwksError::Key(ErrorKind::UnsupportedAlgorithm.into()));
     }
     Ok(Jwks { keys })
 }

@@ -1,20 +1,28 @@
-//! Client authentication: JWT verification against an HMAC secret, a PEM public key or a JWKS.
+//! Client authentication: JWT verification against an HMAC secret, a PEM public key or a JWKS
+//! (from a file or a URL, either of which may change while the gateway runs).
 
+mod claims;
 mod keys;
 mod pattern;
+mod rotation;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
-use publisher::wire::{ClientType, UserId};
-use serde::Deserialize;
-use serde_json::Value;
+use tokio::sync::watch;
 
-use keys::{Jwks, Policy, VerifyKey, hmac_keys, load_jwks, load_pem};
+pub(crate) use claims::Claims;
+use claims::RawClaims;
+use keys::{Jwks, Policy, VerifyKey, hmac_keys, load_pem};
 pub(crate) use pattern::ChannelPattern;
+pub(crate) use rotation::JwksMetrics;
+pub(crate) use rotation::{FetchError, RefreshSchedule};
+use rotation::{FileKeys, RemoteKeys};
 
 /// Largest clock skew honoured; a larger configured leeway is capped to this.
 const MAX_LEEWAY: Duration = Duration::from_secs(24 * 3600);
@@ -30,6 +38,10 @@ pub struct AuthSettings {
     pub jwt_public_key_file: Option<PathBuf>,
     /// JWKS document whose keys are chosen by the token's `kid` (`GATEWAY_JWKS_FILE`).
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's JWKS endpoint, http or https (`GATEWAY_JWKS_URL`).
+    pub jwks_url: Option<String>,
+    /// When the JWKS endpoint is fetched again.
+    pub jwks_refresh: RefreshSchedule,
     /// Required `aud` value when set (`GATEWAY_JWT_AUDIENCE`).
     pub audience: Option<String>,
     /// Required `iss` value when set (`GATEWAY_JWT_ISSUER`).
@@ -47,6 +59,11 @@ impl fmt::Debug for AuthSettings {
             )
             .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("jwks_file", &self.jwks_file)
+            .field(
+                "jwks_url",
+                &self.jwks_url.as_deref().map(rotation::without_password),
+            )
+            .field("jwks_refresh", &self.jwks_refresh)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
@@ -58,23 +75,38 @@ impl fmt::Debug for AuthSettings {
 pub(crate) struct Authenticator {
     hmac: Option<(VerifyKey, EncodingKey)>,
     pem: Option<VerifyKey>,
-    jwks: Option<Jwks>,
+    jwks_file: Option<Arc<FileKeys>>,
+    jwks_url: Option<Arc<RemoteKeys>>,
     policy: Policy,
+    /// Turns true when the key sets stop being refreshed.
+    stop: watch::Sender<bool>,
 }
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [file, url] = self.key_sets().map(|set| set.map(|s| s.keys.len()));
         f.debug_struct("Authenticator")
             .field("hmac", &self.hmac.is_some())
             .field("pem", &self.pem.as_ref().map(|k| &k.validation.algorithms))
-            .field("jwks_keys", &self.jwks.as_ref().map(|j| j.keys.len()))
+            .field("jwks_file_keys", &file)
+            .field("jwks_url_keys", &url)
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// Loads keys; errors name the file and what is wrong. Errors if no key at all is configured.
+    /// [`with_metrics`](Self::with_metrics) without metrics.
+    #[cfg(test)]
     pub(crate) fn new(settings: &AuthSettings) -> Result<Self, AuthError> {
+        Self::with_metrics(settings, JwksMetrics::default())
+    }
+
+    /// Loads keys; errors name the file and what is wrong. Errors if no key at all is
+    /// configured. The JWKS URL holds no key until [`fetch_remote_keys`](Self::fetch_remote_keys).
+    pub(crate) fn with_metrics(
+        settings: &AuthSettings,
+        metrics: JwksMetrics,
+    ) -> Result<Self, AuthError> {
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
         let policy = Policy {
             audience: non_empty(&settings.audience),
@@ -86,19 +118,61 @@ impl Authenticator {
             Some(path) => Some(load_pem(path, &policy)?),
             None => None,
         };
-        let jwks = match &settings.jwks_file {
-            Some(path) => Some(load_jwks(path, &policy)?),
+        let jwks_file = match &settings.jwks_file {
+            Some(path) => Some(Arc::new(FileKeys::open(path, &policy, metrics.clone())?)),
             None => None,
         };
-        if hmac.is_none() && pem.is_none() && jwks.is_none() {
+        let jwks_url = match settings.jwks_url.as_deref().filter(|url| !url.is_empty()) {
+            Some(url) => Some(Arc::new(RemoteKeys::new(
+                url,
+                &policy,
+                settings.jwks_refresh,
+                metrics,
+            )?)),
+            None => None,
+        };
+        if hmac.is_none() && pem.is_none() && jwks_file.is_none() && jwks_url.is_none() {
             return Err(AuthError::NoKeyConfigured);
         }
         Ok(Self {
             hmac,
             pem,
-            jwks,
+            jwks_file,
+            jwks_url,
             policy,
+            stop: watch::Sender::new(false),
         })
+    }
+
+    /// Fetches the JWKS URL, if one is configured; the gateway does not start without its keys.
+    pub(crate) async fn fetch_remote_keys(&self) -> Result<(), AuthError> {
+        match &self.jwks_url {
+            Some(remote) => remote.fetch_first().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The task that keeps the JWKS file and URL fresh, if either is configured. It ends at
+    /// [`stop_refreshing`](Self::stop_refreshing) or when this authenticator is dropped.
+    pub(crate) fn refresher(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if self.jwks_file.is_none() && self.jwks_url.is_none() {
+            return None;
+        }
+        let (file, url) = (self.jwks_file.clone(), self.jwks_url.clone());
+        Some(rotation::keep_fresh(file, url, self.stop.subscribe()))
+    }
+
+    /// Stops the refresher: the key sets stay as they are.
+    pub(crate) fn stop_refreshing(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// The JWKS key sets now: the file's, then the URL's.
+    fn key_sets(&self) -> [Option<Arc<Jwks>>; 2] {
+        [
+            self.jwks_file.as_ref().map(|file| file.keys.current()),
+            self.jwks_url.as_ref().map(|url| url.keys.current()),
+        ]
     }
 
     /// Development mode: a random 32-byte HMAC secret (HS256). Returns the authenticator and the secret (hex) so it can be logged.
@@ -117,8 +191,10 @@ impl Authenticator {
         let auth = Self {
             hmac,
             pem: None,
-            jwks: None,
+            jwks_file: None,
+            jwks_url: None,
             policy,
+            stop: watch::Sender::new(false),
         };
         (auth, secret)
     }
@@ -140,21 +216,50 @@ impl Authenticator {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).ok()
     }
 
-    /// Checks signature, algorithm, exp, nbf, aud, iss and the claims' shape.
     /// The clock skew allowed on `exp` and `nbf` (the configured one, capped).
     pub(crate) fn leeway(&self) -> Duration {
         Duration::from_secs(self.policy.leeway)
     }
 
+    /// [`verify`](Self::verify), but a token naming a `kid` that no key set holds first waits
+    /// for the JWKS URL to be fetched again (at most once per min interval, one fetch shared
+    /// by concurrent tokens, bounded by the fetch timeout).
+    pub(crate) async fn verify_refreshing(&self, token: &str) -> Result<Claims, AuthError> {
+        if let Some(remote) = &self.jwks_url
+            && self.names_unknown_kid(token)
+        {
+            remote.refresh_for_unknown_kid().await;
+        }
+        self.verify(token)
+    }
+
+    /// Whether `token` is for a public key and names a `kid` that no key set holds.
+    fn names_unknown_kid(&self, token: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return false;
+        };
+        match header.kid {
+            Some(kid) if header.alg.family() != AlgorithmFamily::Hmac => !self
+                .key_sets()
+                .iter()
+                .flatten()
+                .any(|set| set.find(&kid).is_some()),
+            _ => false,
+        }
+    }
+
+    /// Checks signature, algorithm, exp, nbf, aud, iss and the claims' shape, with the keys
+    /// held now.
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::Malformed)?;
         let alg = header.alg;
+        let sets = self.key_sets();
         let mut result = Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
         for key in self
-            .candidates(alg, header.kid.as_deref())?
+            .candidates(&sets, alg, header.kid.as_deref())?
             .into_iter()
             .flatten()
         {
@@ -176,11 +281,12 @@ impl Authenticator {
     }
 
     /// The keys a token signed with `alg` (and naming `kid`) may be checked against, best first.
-    fn candidates(
-        &self,
+    fn candidates<'a>(
+        &'a self,
+        sets: &'a [Option<Arc<Jwks>>; 2],
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<[Option<&VerifyKey>; 2], AuthError> {
+    ) -> Result<[Option<&'a VerifyKey>; 2], AuthError> {
         let not_allowed = || AuthError::AlgorithmNotAllowed(format!("{alg:?}"));
         if alg.family() == AlgorithmFamily::Hmac {
             // HMAC tokens are only ever checked against the configured secret, never a public key.
@@ -190,7 +296,9 @@ impl Authenticator {
             };
         }
         let pem = self.pem.as_ref().filter(|k| k.allows(alg));
-        let jwk = match self.jwks.as_ref().map(|jwks| jwks.select(kid)) {
+        let configured = sets.iter().any(Option::is_some);
+        let jwks = sets.iter().flatten().map(|set| &**set);
+        let jwk = match configured.then(|| Jwks::select(jwks, kid)) {
             Some(Ok(key)) => Some(key).filter(|k| k.allows(alg)),
             Some(Err(unknown)) if pem.is_none() => return Err(unknown),
             Some(Err(_)) | None => None,
@@ -224,89 +332,6 @@ fn map_jwt_error(e: JwtError, alg: Algorithm) -> AuthError {
         | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed(format!("{alg:?}")),
         _ => AuthError::Malformed(e),
     }
-}
-
-/// The claims as they come; their shape is checked in [`RawClaims::into_claims`].
-#[derive(Deserialize)]
-struct RawClaims {
-    #[serde(default)]
-    sub: Value,
-    #[serde(default)]
-    user_id: Value,
-    #[serde(default)]
-    exp: Value,
-    #[serde(default)]
-    client_type: Value,
-    #[serde(default)]
-    channels: Value,
-}
-
-impl RawClaims {
-    fn into_claims(self) -> Result<Claims, AuthError> {
-        let bad = |msg: &str| AuthError::InvalidClaims(msg.to_owned());
-        let (name, id) = match (self.sub, self.user_id) {
-            (Value::Null, Value::Null) => return Err(bad("missing sub")),
-            (Value::Null, id) => ("user_id", id),
-            (id, _) => ("sub", id),
-        };
-        let id = match id {
-            Value::String(s) => s,
-            Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-            _ => return Err(bad(&format!("{name} must be a string or an integer"))),
-        };
-        let user_id = UserId::parse(&id).map_err(|_| {
-            bad(&format!("{name} is not a valid user id (1 to 255 bytes, no spaces, control characters, '#' or ',')"))
-        })?;
-        let exp = match &self.exp {
-            Value::Number(n) => n.as_u64().or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f.round() as u64)
-            }),
-            _ => None,
-        };
-        let expires_at = exp
-            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
-            .ok_or_else(|| bad("missing exp"))?;
-        let client_type =
-            match self.client_type {
-                Value::Null => None,
-                Value::String(s) => Some(ClientType::parse(&s).map_err(|_| {
-                    bad("client_type is not valid (1 to 64 bytes of [A-Za-z0-9_.-])")
-                })?),
-                _ => return Err(bad("client_type must be a string")),
-            };
-        let channels = match self.channels {
-            Value::Null => Vec::new(),
-            Value::Array(items) => items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => ChannelPattern::parse(s),
-                    _ => Err(bad("channels must be a list of strings")),
-                })
-                .collect::<Result<_, _>>()?,
-            _ => return Err(bad("channels must be a list of strings")),
-        };
-        Ok(Claims {
-            user_id,
-            expires_at,
-            client_type,
-            channels,
-        })
-    }
-}
-
-/// What the gateway uses from a verified token.
-#[derive(Debug, Clone)]
-pub(crate) struct Claims {
-    /// The user: `sub`, or `user_id` when `sub` is absent.
-    pub user_id: UserId,
-    /// When the token expires (`exp`, without leeway).
-    pub expires_at: SystemTime,
-    /// The `client_type` claim, if any.
-    pub client_type: Option<ClientType>,
-    /// The `channels` claim: patterns of channels this user may subscribe to beyond the public ones.
-    pub channels: Vec<ChannelPattern>,
 }
 
 /// Why a token was refused.
@@ -369,9 +394,18 @@ pub enum AuthError {
         #[source]
         source: serde_json::Error,
     },
-    /// Neither a secret, a public key file nor a JWKS file is configured.
+    /// The JWKS URL gave no usable key set.
+    #[error("cannot fetch the JWKS at {url}: {source}")]
+    JwksUrl {
+        /// `GATEWAY_JWKS_URL`.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: FetchError,
+    },
+    /// Neither a secret, a public key file, a JWKS file nor a JWKS URL is configured.
     #[error(
-        "no token key configured: set GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE"
+        "no token key configured: set GATEWAY_JWT_SECRET, GATEWAY_JWT_PUBLIC_KEY_FILE, GATEWAY_JWKS_FILE or GATEWAY_JWKS_URL"
     )]
     NoKeyConfigured,
 }
@@ -428,6 +462,7 @@ impl AuthError {
             Self::KeyFile { .. }
             | Self::InvalidKey { .. }
             | Self::InvalidJwks { .. }
+            | Self::JwksUrl { .. }
             | Self::NoKeyConfigured => TokenRefusal::Config,
         }
     }
@@ -483,3 +518,7 @@ fn key_error_hint(e: &JwtError) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod rotation_tests;

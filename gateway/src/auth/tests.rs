@@ -3,9 +3,9 @@
 use super::*;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm};
-use serde_json::json;
+use serde_json::{Value, json};
 
-const RSA_PRIVATE: &str = "\
+pub(super) const RSA_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MIIEvwIBADANBgkqhkiG9w0BAQEFAASCBKkwggSlAgEAAoIBAQC6++oFkJELfFjk
 +Y/KWdhqxU8+u7GO5pRaXIE3gPFW1uhO5tpJjabwGrGpI26rQNV47TcCbCRy0CBE
@@ -35,7 +35,7 @@ J0FzP5Ww3HDYuOTc1Ydz8Idff+2zY2T6rJSKxq32/dP+7cDZoORA899z5UzNkG11
 qtRFM+kxQy/m0Wy9al37vcAOhg==
 -----END PRIVATE KEY-----
 ";
-const RSA_PUBLIC: &str = "\
+pub(super) const RSA_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAuvvqBZCRC3xY5PmPylnY
 asVPPruxjuaUWlyBN4DxVtboTubaSY2m8BqxqSNuq0DVeO03AmwkctAgRE7J44zO
@@ -57,14 +57,14 @@ bsNWcxjlNtB46Wg7KHdTXodhXfl/PDIigCEkq72CkXBOiVvpqAF2+uO69pW7AFDb
 swIDAQAB
 -----END PUBLIC KEY-----
 ";
-const EC_PRIVATE: &str = "\
+pub(super) const EC_PRIVATE: &str = "\
 -----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgjzZ414W0vMkAomBW
 qeGSoC6vagby4mUgfpxcqMNkrQOhRANCAARQ3TGxshDwwALJ+xW265QnbhJVEe2L
 Pt7GRXa/+LAByeb31wbg6nS23UfTmmZPvAlo4j9394NS6kaNt5Zh94YD
 -----END PRIVATE KEY-----
 ";
-const EC_PUBLIC: &str = "\
+pub(super) const EC_PUBLIC: &str = "\
 -----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEUN0xsbIQ8MACyfsVtuuUJ24SVRHt
 iz7exkV2v/iwAcnm99cG4Op0tt1H05pmT7wJaOI/d/eDUupGjbeWYfeGAw==
@@ -82,10 +82,10 @@ MCowBQYDK2VwAyEAR6Ubdl4vfzgZ55sGvINuK8bPYpG62PWFROdX3LAWbMg=
 ";
 
 /// A file in the temp dir, removed when dropped.
-struct TempFile(PathBuf);
+pub(super) struct TempFile(pub(super) PathBuf);
 
 impl TempFile {
-    fn new(name: &str, contents: &str) -> Self {
+    pub(super) fn new(name: &str, contents: &str) -> Self {
         let unique = format!("gateway-auth-test-{}-{name}", std::process::id());
         let path = std::env::temp_dir().join(unique);
         std::fs::write(&path, contents).unwrap();
@@ -106,11 +106,11 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn claims(sub: &str) -> Value {
+pub(super) fn claims(sub: &str) -> Value {
     json!({ "sub": sub, "exp": now() + 600 })
 }
 
-fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+pub(super) fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()
@@ -120,7 +120,7 @@ fn hs(alg: Algorithm, claims: &Value) -> String {
     sign(alg, None, claims, &EncodingKey::from_secret(b"s3cret"))
 }
 
-fn rsa_key() -> EncodingKey {
+pub(super) fn rsa_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap()
 }
 
@@ -139,7 +139,7 @@ fn with_pem(file: &TempFile) -> Authenticator {
     Authenticator::new(&settings).unwrap()
 }
 
-fn jwk(pem: &str, kid: &str, alg: Algorithm) -> Jwk {
+pub(super) fn jwk(pem: &str, kid: &str, alg: Algorithm) -> Jwk {
     let key = match alg.family() {
         AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
         _ => DecodingKey::from_ec_pem(pem.as_bytes()).unwrap(),

@@ -1,6 +1,7 @@
 //! Configuration: command-line flags and `GATEWAY_*` variables over an optional TOML file over
 //! documented defaults, validated once at startup.
 
+mod keys;
 mod sources;
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use self::keys::auth_settings;
 pub use self::sources::Args;
 use self::sources::FileConfig;
 use crate::auth::AuthSettings;
@@ -287,11 +289,13 @@ impl Config {
             && self.auth.jwt_secret.is_none()
             && self.auth.jwt_public_key_file.is_none()
             && self.auth.jwks_file.is_none()
+            && self.auth.jwks_url.is_none()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_redis()?;
         self.validate_keys()?;
+        self.validate_jwks_url()?;
         self.limits.validate()?;
         self.validate_timings()?;
         self.namespaces.validate()
@@ -318,34 +322,6 @@ impl Config {
         }
         if !(1..=1024).contains(&self.redis_pool_size) {
             return invalid("GATEWAY_REDIS_POOL_SIZE must be 1 to 1024");
-        }
-        Ok(())
-    }
-
-    /// Keys: none at all (development mode), or both a token key and an API key.
-    fn validate_keys(&self) -> Result<(), ConfigError> {
-        if self.auth.jwt_secret.as_deref() == Some("") {
-            return invalid("GATEWAY_JWT_SECRET is set but empty");
-        }
-        if self.api_key.as_deref() == Some("") {
-            return invalid("GATEWAY_API_KEY is set but empty");
-        }
-        if self.is_development() {
-            return Ok(());
-        }
-        let has_jwt_key = self.auth.jwt_secret.is_some()
-            || self.auth.jwt_public_key_file.is_some()
-            || self.auth.jwks_file.is_some();
-        if !has_jwt_key {
-            return invalid(
-                "GATEWAY_API_KEY is set but no token key: set GATEWAY_JWT_SECRET, \
-                 GATEWAY_JWT_PUBLIC_KEY_FILE or GATEWAY_JWKS_FILE",
-            );
-        }
-        if self.api_key.is_none() {
-            return invalid(
-                "a token key is set but GATEWAY_API_KEY is not: the admin API needs a key",
-            );
         }
         Ok(())
     }
@@ -466,25 +442,6 @@ impl Limits {
             ));
         }
         Ok(())
-    }
-}
-
-/// Token verification settings from flags and environment over the file (the secret only
-/// from flags and environment).
-fn auth_settings(args: &Args, file: &FileConfig) -> AuthSettings {
-    AuthSettings {
-        jwt_secret: args.jwt_secret.clone(),
-        jwt_public_key_file: args
-            .jwt_public_key_file
-            .clone()
-            .or(file.jwt_public_key_file.clone()),
-        jwks_file: args.jwks_file.clone().or(file.jwks_file.clone()),
-        audience: args.jwt_audience.clone().or(file.jwt_audience.clone()),
-        issuer: args.jwt_issuer.clone().or(file.jwt_issuer.clone()),
-        leeway: args
-            .jwt_leeway
-            .or(file.jwt_leeway)
-            .unwrap_or(Duration::from_secs(5)),
     }
 }
 

@@ -58,6 +58,17 @@ pub struct Args {
     /// JWKS document; the key is chosen by the token's `kid`.
     #[arg(long, env = "GATEWAY_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// An identity provider's JWKS endpoint (http or https), fetched at start, on a schedule
+    /// and when a token names an unknown `kid`.
+    #[arg(long, env = "GATEWAY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Interval of the scheduled fetches of GATEWAY_JWKS_URL [default: 5m].
+    #[arg(long, env = "GATEWAY_JWKS_REFRESH_INTERVAL", value_parser = duration)]
+    pub jwks_refresh_interval: Option<Duration>,
+    /// Least time between two fetches of GATEWAY_JWKS_URL for tokens with an unknown `kid`
+    /// [default: 30s].
+    #[arg(long, env = "GATEWAY_JWKS_MIN_REFRESH_INTERVAL", value_parser = duration)]
+    pub jwks_min_refresh_interval: Option<Duration>,
     /// Required `aud` claim.
     #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -147,6 +158,11 @@ pub(super) struct FileConfig {
     pub(super) node_id: Option<String>,
     pub(super) jwt_public_key_file: Option<PathBuf>,
     pub(super) jwks_file: Option<PathBuf>,
+    pub(super) jwks_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(super) jwks_refresh_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(super) jwks_min_refresh_interval: Option<Duration>,
     pub(super) jwt_audience: Option<String>,
     pub(super) jwt_issuer: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]

@@ -105,6 +105,93 @@ fn handshake_limits_have_defaults_and_are_validated() {
     }
 }
 
+fn with_jwks_url(url: &str) -> Args {
+    Args {
+        jwks_url: Some(url.into()),
+        api_key: Some("k".into()),
+        ..Args::default()
+    }
+}
+
+#[test]
+fn a_jwks_url_is_a_token_key_with_a_five_minute_schedule() {
+    let config = Config::load(with_jwks_url("https://idp.example/.well-known/jwks.json")).unwrap();
+    assert!(!config.is_development());
+    let schedule = config.auth.jwks_refresh;
+    assert_eq!(schedule.interval, Duration::from_secs(300));
+    assert_eq!(schedule.min_interval, Duration::from_secs(30));
+    let without_api_key = Args {
+        api_key: None,
+        ..with_jwks_url("http://127.0.0.1:8000/jwks")
+    };
+    let err = Config::load(without_api_key).unwrap_err();
+    assert!(err.to_string().contains("GATEWAY_API_KEY"), "{err}");
+    // Like the other key sources, it combines with a secret and a JWKS file.
+    let together = Args {
+        jwt_secret: Some("s".into()),
+        jwks_file: Some("/etc/gateway/jwks.json".into()),
+        ..with_jwks_url("http://idp:8080/jwks")
+    };
+    assert!(Config::load(together).is_ok());
+}
+
+#[test]
+fn a_jwks_url_must_be_http_or_https() {
+    for (url, expected) in [
+        ("", "set but empty"),
+        ("not a url", "is not a URL"),
+        ("ftp://idp.example/jwks", "http:// or https://"),
+        ("file:///etc/jwks.json", "http:// or https://"),
+    ] {
+        let err = Config::load(with_jwks_url(url)).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_JWKS_URL"), "{url}: {err}");
+        assert!(err.contains(expected), "{url}: {err}");
+    }
+}
+
+#[test]
+fn jwks_refresh_intervals_must_be_positive_and_in_order() {
+    let with = |every: u64, min: u64| Args {
+        jwks_refresh_interval: Some(Duration::from_secs(every)),
+        jwks_min_refresh_interval: Some(Duration::from_secs(min)),
+        ..with_jwks_url("https://idp.example/jwks")
+    };
+    let err = Config::load(with(0, 0)).unwrap_err().to_string();
+    assert!(err.contains("GATEWAY_JWKS_REFRESH_INTERVAL"), "{err}");
+    let err = Config::load(with(10, 0)).unwrap_err().to_string();
+    assert!(err.contains("GATEWAY_JWKS_MIN_REFRESH_INTERVAL"), "{err}");
+    let err = Config::load(with(10, 60)).unwrap_err().to_string();
+    assert!(
+        err.contains("GATEWAY_JWKS_MIN_REFRESH_INTERVAL (1m)")
+            && err.contains("GATEWAY_JWKS_REFRESH_INTERVAL (10s)"),
+        "{err}"
+    );
+    let equal = Config::load(with(1, 1)).unwrap();
+    assert_eq!(equal.auth.jwks_refresh.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn the_jwks_url_and_its_schedule_come_from_the_file_too() {
+    let toml = r#"
+        jwks_url = "https://idp.example/jwks"
+        jwks_refresh_interval = "1m"
+        jwks_min_refresh_interval = "10s"
+        "#;
+    let path = std::env::temp_dir().join(format!("gw-config-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, toml).unwrap();
+    let args = Args {
+        config: Some(path.clone()),
+        api_key: Some("k".into()),
+        ..Args::default()
+    };
+    let config = Config::load(args);
+    let _ = std::fs::remove_file(path);
+    let auth = config.unwrap().auth;
+    assert_eq!(auth.jwks_url.as_deref(), Some("https://idp.example/jwks"));
+    assert_eq!(auth.jwks_refresh.interval, Duration::from_secs(60));
+    assert_eq!(auth.jwks_refresh.min_interval, Duration::from_secs(10));
+}
+
 #[test]
 fn bus_canary_settings_have_defaults_and_are_validated() {
     let config = Config::load(Args::default()).unwrap();

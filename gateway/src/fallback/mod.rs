@@ -51,7 +51,7 @@ impl Request {
     /// Admits a request from its query (`token`, `channels=a,b`, `channel=` repeated,
     /// `cursor`) and headers (`Authorization`, `Origin`, and `Last-Event-ID` when
     /// `last_event_id` is set).
-    pub(crate) fn admit(
+    pub(crate) async fn admit(
         node: &Node,
         query: &[(String, String)],
         headers: &HeaderMap,
@@ -63,7 +63,7 @@ impl Request {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let Some(claims) = admission::admit(node, headers, param("token"))? else {
+        let Some(claims) = admission::admit(node, headers, param("token")).await? else {
             return Err(refuse(
                 node,
                 StatusCode::UNAUTHORIZED,

@@ -46,7 +46,7 @@ async fn answer(
     headers: &HeaderMap,
 ) -> Result<Response, HttpError> {
     let wait = wait(query)?;
-    let request = Request::admit(&node, query, headers, false)?;
+    let request = Request::admit(&node, query, headers, false).await?;
     let mut client = LocalClient::open(node, &request, Transport::Poll).await;
     let mut tracker = Tracker::new(&request);
     let mut frames = Vec::new();

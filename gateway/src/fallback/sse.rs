@@ -35,7 +35,7 @@ pub(crate) async fn sse(
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    let request = match Request::admit(&node, &query, &headers, true) {
+    let request = match Request::admit(&node, &query, &headers, true).await {
         Ok(request) => request,
         Err(refusal) => return with_cors(&node, &headers, refusal.into_response()),
     };

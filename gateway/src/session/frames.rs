@@ -33,7 +33,7 @@ impl Session {
             } => self.register(id, &client_type, client_name).await,
             ClientFrame::Subscribe { channels, since } => self.subscribe(id, channels, since).await,
             ClientFrame::Unsubscribe { channels } => self.unsubscribe(id, channels).await,
-            ClientFrame::Refresh { token } => self.refresh(id, &token),
+            ClientFrame::Refresh { token } => self.refresh(id, &token).await,
             ClientFrame::History {
                 channel,
                 since,
@@ -219,8 +219,8 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
-        match self.node.auth.verify(token) {
+    async fn refresh(&mut self, id: Option<&RawValue>, token: &str) {
+        match self.node.auth.verify_refreshing(token).await {
             Ok(claims) if claims.user_id == self.claims.user_id => {
                 let expires_at = humantime::format_rfc3339_millis(claims.expires_at).to_string();
                 self.claims = claims;

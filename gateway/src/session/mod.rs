@@ -255,7 +255,7 @@ async fn first_frame_auth(
     let Ok((_, ClientFrame::Auth { token, since })) = parse_client_frame(&text) else {
         return Err(reject(Refusal::AuthFrame.label()));
     };
-    let claims = node.auth.verify(&token).map_err(|error| {
+    let claims = node.auth.verify_refreshing(&token).await.map_err(|error| {
         tracing::debug!(%error, "auth frame refused");
         reject(error.reason())
     })?;
