@@ -11,6 +11,8 @@
 //! - `checks`: assertions on the shapes the contract promises (event and error frames, HTTP
 //!   errors, timestamps, metrics).
 //! - `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
+//! - `jwks_server`: [`JwksServer`], an identity provider's JWKS endpoint whose document,
+//!   status and availability the test controls.
 //! - `prometheus`: [`TestPrometheus`], a real Prometheus scraping test gateways, and
 //!   [`promtool`].
 //! - from the `testkit` crate, shared with the gateway's tests, the doc examples and the
@@ -26,6 +28,7 @@ mod checks;
 mod client;
 mod gateway;
 mod http_stream;
+mod jwks_server;
 mod prometheus;
 mod proxy;
 mod token;
@@ -44,6 +47,7 @@ pub use http_stream::{
     HttpRefusal, PollAnswer, Poller, SSE_RECV_TIMEOUT, SseEnd, SseMessage, SseStream,
     decode_cursor, get_poll, http_client,
 };
+pub use jwks_server::JwksServer;
 pub use prometheus::{TestPrometheus, promtool, samples_of};
 pub use proxy::StallProxy;
 pub use reqwest::StatusCode;
