@@ -12,7 +12,7 @@ use axum::routing::get;
 use publisher::wire::Position;
 
 use crate::node::Node;
-use crate::protocol::{http_error, json_errors};
+use crate::protocol::{Format, http_error, json_errors};
 use crate::session;
 use crate::view::Transport;
 use crate::{admission, fallback};
@@ -48,18 +48,28 @@ async fn upgrade(
         Ok(since) => since,
         Err(message) => return http_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
+    let (format, subprotocol) = match negotiate_format(&query, &headers) {
+        Ok(negotiated) => negotiated,
+        Err(message) => return http_error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
     let accept = tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let on_upgrade = upgrade.on_upgrade;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);
-                session::run(node, io, claims, since, Transport::Websocket).await
+                let opening = session::Opening {
+                    claims,
+                    since,
+                    transport: Transport::Websocket,
+                    format,
+                };
+                session::run(node, io, opening).await
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
     });
-    (
+    let mut response = (
         StatusCode::SWITCHING_PROTOCOLS,
         [
             (header::CONNECTION, HeaderValue::from_static("upgrade")),
@@ -70,7 +80,53 @@ async fn upgrade(
             ),
         ],
     )
-        .into_response()
+        .into_response();
+    if let Some(subprotocol) = subprotocol {
+        let value = HeaderValue::from_static(subprotocol);
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    response
+}
+
+/// The connection's encoding, from `?format=` or else the first of the client's subprotocols
+/// that names one, and the subprotocol to answer with when the client offered any (a client
+/// that offers subprotocols must get one of them back).
+fn negotiate_format(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<(Format, Option<&'static str>), &'static str> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let by_subprotocol = offered
+        .iter()
+        .find_map(|value| Format::from_subprotocol(value));
+    let format = match query.get("format") {
+        Some(value) => Format::from_query(value).ok_or("format must be \"json\" or \"msgpack\"")?,
+        None => by_subprotocol.unwrap_or_default(),
+    };
+    if offered.is_empty() {
+        return Ok((format, None));
+    }
+    let wanted = format.subprotocol();
+    if offered
+        .iter()
+        .any(|value| value.eq_ignore_ascii_case(wanted))
+    {
+        Ok((format, Some(wanted)))
+    } else {
+        Err(
+            "Sec-WebSocket-Protocol offers no subprotocol of this gateway for the format asked: \
+             offer gateway.json or gateway.msgpack",
+        )
+    }
 }
 
 /// The personal channel's recovery position, `?since_offset=41&since_epoch=…`, if given.

@@ -29,7 +29,7 @@ pub(crate) use self::sse::sse;
 use crate::admission::{self, refuse};
 use crate::auth::{Claims, TokenRefusal};
 use crate::node::Node;
-use crate::protocol::{CloseCode, HttpError, http_error};
+use crate::protocol::{CloseCode, Format, HttpError, http_error};
 use crate::session;
 use crate::view::Transport;
 
@@ -132,7 +132,13 @@ impl LocalClient {
             .and_then(|c| c.get(&request.personal()))
             .cloned();
         let claims = request.claims.clone();
-        tokio::spawn(session::run(node, server, Some(claims), since, transport));
+        let opening = session::Opening {
+            claims: Some(claims),
+            since,
+            transport,
+            format: Format::Json,
+        };
+        tokio::spawn(session::run(node, server, opening));
         // The session limits what it sends; its client takes whatever it is given. A small
         // read buffer: tungstenite keeps (and zeroes before each read) the whole buffer, and
         // the default 128 KiB made an idle SSE stream cost 36 WebSockets.

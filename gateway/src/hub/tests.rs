@@ -25,7 +25,7 @@ use crate::config::{Args, Config};
 use crate::history::{MemoryHistory, Policies};
 use crate::metrics::{Dropped, Metrics};
 use crate::outbox::Outbox;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Format};
 use crate::view::Transport;
 
 /// How long a test waits for what it expects: long on a loaded machine, short enough that a
@@ -155,7 +155,12 @@ impl TestNode {
     /// `outbox_limit`, registered as a session registers it.
     async fn connect_with(&self, user: &str, buffer: usize, outbox_limit: usize) -> Peer {
         let (server_io, client_io) = duplex(buffer);
-        let outbox = Outbox::new(server_io, outbox_limit, Arc::clone(&self.metrics));
+        let outbox = Outbox::new(
+            server_io,
+            outbox_limit,
+            Arc::clone(&self.metrics),
+            Format::Json,
+        );
         let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
         let connection = Connection {
             client_id: Arc::clone(&client_id),

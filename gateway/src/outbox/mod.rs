@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use crate::metrics::Metrics;
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, Format};
 
 /// Queued entries written with one vectored write at most.
 const MAX_BATCH: usize = 64;
@@ -237,6 +237,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Most bytes the backlog may hold.
     limit: usize,
+    /// How this connection's frames are encoded.
+    format: Format,
     /// 0 while open, otherwise the close code the session must send.
     close_code: AtomicU16,
     closing: Notify,
@@ -293,8 +295,13 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox over `io` whose backlog holds at most `limit_bytes`.
-    pub(crate) fn new(io: impl Io, limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    /// An outbox over `io` whose backlog holds at most `limit_bytes`, sending frames in `format`.
+    pub(crate) fn new(
+        io: impl Io,
+        limit_bytes: usize,
+        metrics: Arc<Metrics>,
+        format: Format,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 socket: Mutex::new(Socket {
@@ -308,6 +315,7 @@ impl Outbox {
                 }),
                 metrics,
                 limit: limit_bytes,
+                format,
                 close_code: AtomicU16::new(0),
                 closing: Notify::new(),
                 backlog: Notify::new(),
@@ -331,7 +339,8 @@ impl Outbox {
         if socket.broken || socket.io.is_none() {
             return Err(PushError::Closed);
         }
-        let mut rest = frame.wire.clone();
+        let wire = frame.wire(shared.format);
+        let mut rest = wire.clone();
         // Corked, an idle socket's frame is written when the round ends; until then, later
         // frames queue behind this one, and nobody needs waking.
         let corked = socket.is_idle() && cork(self);
@@ -340,8 +349,8 @@ impl Outbox {
             // The session is not waiting on this socket's writability while it has no
             // backlog, so no waker is needed here; a backlog wakes the session below.
             let mut cx = Context::from_waker(Waker::noop());
-            match socket.write_now(&mut cx, &frame.wire) {
-                Ok(n) if n == frame.wire.len() => {
+            match socket.write_now(&mut cx, wire) {
+                Ok(n) if n == wire.len() => {
                     if counted {
                         metrics.messages_sent.inc();
                         observe_latency(metrics, frame.published_at, SystemTime::now());
@@ -364,12 +373,12 @@ impl Outbox {
                     return Err(PushError::Closed);
                 }
             }
-        } else if !corked && socket.backlog_bytes + frame.wire.len() > shared.limit {
+        } else if !corked && socket.backlog_bytes + wire.len() > shared.limit {
             // The backlog may be a corked round's, not yet offered to the socket: only what
             // the socket will not take now makes a slow consumer.
             let drained = socket.try_drain(metrics);
             polled_without_waker = true;
-            if drained.is_err() || socket.backlog_bytes + frame.wire.len() > shared.limit {
+            if drained.is_err() || socket.backlog_bytes + wire.len() > shared.limit {
                 drop(socket);
                 return if drained.is_ok() && self.close(CloseCode::SlowConsumer) {
                     Err(PushError::Overflow)
@@ -399,10 +408,7 @@ impl Outbox {
 
     /// Sends a heartbeat ping frame (its answer is any frame, a pong included).
     pub(crate) fn ping(&self) {
-        const PING: OutFrame = OutFrame {
-            wire: Bytes::from_static(&[0x89, 0x00]),
-            published_at: None,
-        };
+        static PING: OutFrame = OutFrame::control(&[0x89, 0x00]);
         let _ = self.send(&PING, false);
     }
 
@@ -424,11 +430,12 @@ impl Outbox {
     pub(crate) fn push_first(&self, frame: &OutFrame) {
         let mut socket = self.shared.socket();
         debug_assert!(socket.held && !socket.front_started);
-        let len = frame.wire.len();
+        let wire = frame.wire(self.shared.format);
+        let len = wire.len();
         socket.backlog_bytes += len;
         self.shared.metrics.outbox_bytes.add(gauge_bytes(len));
         socket.backlog.push_front(Queued {
-            bytes: frame.wire.clone(),
+            bytes: wire.clone(),
             counted: false,
             published_at: None,
         });

@@ -8,7 +8,7 @@ use super::*;
 fn outbox(pipe: usize, limit: usize) -> (Outbox, DuplexStream, Arc<Metrics>) {
     let (ours, theirs) = duplex(pipe);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let outbox = Outbox::new(ours, limit, Arc::clone(&metrics));
+    let outbox = Outbox::new(ours, limit, Arc::clone(&metrics), Format::Json);
     outbox.release();
     (outbox, theirs, metrics)
 }
@@ -93,7 +93,7 @@ async fn a_corked_round_writes_each_socket_once_at_its_end() {
 async fn held_frames_wait_behind_the_first() {
     let (ours, mut peer) = duplex(1024);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let outbox = Outbox::new(ours, 100, metrics);
+    let outbox = Outbox::new(ours, 100, metrics, Format::Json);
     outbox.push(&OutFrame::reply("event")).unwrap();
     outbox.push_first(&OutFrame::reply("hello"));
     outbox.release();
@@ -139,4 +139,16 @@ async fn the_gauge_forgets_a_backlog_left_behind() {
     assert_eq!(metrics.outbox_bytes.get(), 10);
     drop(outbox);
     assert_eq!(metrics.outbox_bytes.get(), 0);
+}
+
+#[test]
+fn a_frame_is_packed_once_however_many_msgpack_connections_take_it() {
+    let frame = OutFrame::event(r#"{"type":"e","channel":"jobs","data":{"a":1}}"#, None);
+    let first = frame.wire(Format::Msgpack).clone();
+    assert_eq!(first.as_ptr(), frame.wire(Format::Msgpack).as_ptr());
+    // FIN and binary, a 3-entry map.
+    assert_eq!(&first[..3], &[0x82, first.len() as u8 - 2, 0x83]);
+    assert_eq!(frame.wire(Format::Json)[0], 0x81);
+    let ping = OutFrame::control(&[0x89, 0x00]);
+    assert_eq!(&ping.wire(Format::Msgpack)[..], &[0x89, 0x00]);
 }

@@ -11,8 +11,10 @@ use serde_json::value::RawValue;
 use strum::VariantNames;
 
 mod http;
+pub(crate) mod msgpack;
 
 pub(crate) use self::http::{HttpError, error_body, http_error, http_error_bytes, json_errors};
+pub(crate) use self::msgpack::Format;
 
 /// Defines [`CloseCode`] from one list: each variant's number, its reason text, and `ALL`.
 macro_rules! close_codes {

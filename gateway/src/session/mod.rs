@@ -28,7 +28,8 @@ use crate::metrics::{ClientClose, Refusal};
 use crate::node::Node;
 use crate::outbox::{Io, OutFrame, Outbox, SocketIo};
 use crate::protocol::{
-    ClientError, ClientFrame, CloseCode, ErrorCode, FrameError, ServerFrame, parse_client_frame,
+    ClientError, ClientFrame, CloseCode, ErrorCode, Format, FrameError, ServerFrame, msgpack,
+    parse_client_frame,
 };
 use crate::rate::{Strikes, TokenBucket};
 use crate::view::Transport;
@@ -57,18 +58,25 @@ enum Ending {
 /// A client's WebSocket, read by tungstenite over the outbox's socket.
 type Socket = WebSocketStream<SocketIo>;
 
-/// Serves an upgraded connection. `claims` is `None` when the token must come in an `auth`
-/// frame; `since` is where the personal channel's history left off, when the client recovers it.
-pub(crate) async fn run(
-    node: Arc<Node>,
-    io: impl Io,
-    claims: Option<Claims>,
-    since: Option<Position>,
-    transport: Transport,
-) {
+/// How a connection came to be: its token (`None` when it must come in an `auth` frame), where
+/// the personal channel's history left off (when the client recovers it), its transport and
+/// the encoding of its frames.
+pub(crate) struct Opening {
+    /// The token's claims, when the request carried one.
+    pub(crate) claims: Option<Claims>,
+    /// The personal channel's recovery position.
+    pub(crate) since: Option<Position>,
+    /// WebSocket, SSE or long-poll.
+    pub(crate) transport: Transport,
+    /// JSON or MessagePack.
+    pub(crate) format: Format,
+}
+
+/// Serves an upgraded connection.
+pub(crate) async fn run(node: Arc<Node>, io: impl Io, opening: Opening) {
     // Setting up and tearing down await large futures (Redis, history) that a long-lived idle
     // connection should not carry: boxed, they live on the heap only while they run.
-    let Some((mut session, slot)) = Box::pin(open(node, io, claims, since, transport)).await else {
+    let Some((mut session, slot)) = Box::pin(open(node, io, opening)).await else {
         return;
     };
     let ending = session.serve().await;
@@ -77,14 +85,14 @@ pub(crate) async fn run(
 
 /// Authenticates, registers the connection and sends `connection_established`; `None` when
 /// the connection was refused or lost. Returns the session and whether it took a user slot.
-async fn open(
-    node: Arc<Node>,
-    io: impl Io,
-    claims: Option<Claims>,
-    since: Option<Position>,
-    transport: Transport,
-) -> Option<(Session, bool)> {
-    let (outbox, mut socket) = websocket(&node, io).await;
+async fn open(node: Arc<Node>, io: impl Io, opening: Opening) -> Option<(Session, bool)> {
+    let Opening {
+        claims,
+        since,
+        transport,
+        format,
+    } = opening;
+    let (outbox, mut socket) = websocket(&node, io, format).await;
     let (claims, since) = match claims {
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
@@ -150,9 +158,10 @@ async fn open(
 }
 
 /// The connection's outbox and the WebSocket read over it, with the node's frame limits.
-async fn websocket(node: &Node, io: impl Io) -> (Outbox, Socket) {
+async fn websocket(node: &Node, io: impl Io, format: Format) -> (Outbox, Socket) {
     let limits = &node.config.limits;
-    let outbox = Outbox::new(io, limits.outbox_max_bytes, Arc::clone(&node.metrics));
+    let metrics = Arc::clone(&node.metrics);
+    let outbox = Outbox::new(io, limits.outbox_max_bytes, metrics, format);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -249,8 +258,13 @@ async fn first_frame_auth(
         Ok(None | Some(Err(_))) => return Err(reject(Refusal::AuthFrame.label())),
         Ok(Some(Ok(message))) => message,
     };
-    let Message::Text(text) = message else {
-        return Err(reject(Refusal::AuthFrame.label()));
+    let text = match message {
+        Message::Text(text) => text.as_str().to_owned(),
+        Message::Binary(bytes) => match msgpack::to_json(&bytes) {
+            Ok(text) => text,
+            Err(_) => return Err(reject(Refusal::AuthFrame.label())),
+        },
+        _ => return Err(reject(Refusal::AuthFrame.label())),
     };
     let Ok((_, ClientFrame::Auth { token, since })) = parse_client_frame(&text) else {
         return Err(reject(Refusal::AuthFrame.label()));
@@ -429,18 +443,23 @@ impl Session {
     async fn on_message(&mut self, message: Message) -> Option<Ending> {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => {
-                self.count_frame("binary");
-                if !self.admit_rate() {
-                    return self.rate_limited();
+            Message::Binary(bytes) => match msgpack::to_json(&bytes) {
+                Ok(text) => Utf8Bytes::from(text),
+                Err(error) => {
+                    self.count_frame("binary");
+                    if !self.admit_rate() {
+                        return self.rate_limited();
+                    }
+                    let error = FrameError {
+                        id: None,
+                        code: ErrorCode::BadRequest,
+                        message: format!(
+                            "a binary frame must be a MessagePack map of a frame's fields: {error}"
+                        ),
+                    };
+                    return self.bad_frame(error);
                 }
-                let error = FrameError {
-                    id: None,
-                    code: ErrorCode::BadRequest,
-                    message: "binary frames are not supported; send JSON text frames".into(),
-                };
-                return self.bad_frame(error);
-            }
+            },
             // Pongs only prove liveness; tungstenite answers pings itself on the next flush.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                 return self

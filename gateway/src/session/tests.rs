@@ -19,6 +19,7 @@ use tungstenite::protocol::Role;
 use crate::auth::Claims;
 use crate::config::{Args, Config};
 use crate::node::Node;
+use crate::protocol::Format;
 use crate::view::Transport;
 
 /// How long a test waits for what it expects: long on a loaded machine, short enough that a
@@ -79,13 +80,13 @@ impl Client {
     /// the session waits for an `auth` frame.
     async fn open(node: &Arc<Node>, claims: Option<Claims>, buffer: usize) -> Self {
         let (server_io, client_io) = duplex(buffer);
-        let session = tokio::spawn(super::run(
-            Arc::clone(node),
-            server_io,
+        let opening = super::Opening {
             claims,
-            None,
-            Transport::Websocket,
-        ));
+            since: None,
+            transport: Transport::Websocket,
+            format: Format::Json,
+        };
+        let session = tokio::spawn(super::run(Arc::clone(node), server_io, opening));
         let ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         Self { ws, session }
     }
