@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use publisher::wire::{ChannelName, Position};
+use publisher::wire::{ChannelName, Position, UserId};
 
 /// The longest cursor accepted: 128 channels of long names with their positions fit.
 pub(crate) const MAX_CURSOR_BYTES: usize = 64 * 1024;
@@ -55,7 +55,9 @@ impl Cursor {
         }
         let mut positions = BTreeMap::new();
         for (channel, (offset, epoch)) in entries {
-            ChannelName::parse(&channel).map_err(|_| CursorError::Invalid("bad channel name"))?;
+            if !is_cursor_channel(&channel) {
+                return Err(CursorError::Invalid("bad channel name"));
+            }
             let printable = epoch.bytes().all(|b| b.is_ascii_graphic());
             if epoch.len() > MAX_EPOCH_BYTES || !printable {
                 return Err(CursorError::Invalid("bad epoch"));
@@ -99,6 +101,15 @@ impl Cursor {
     }
 }
 
+/// A channel a cursor may name: a channel name, or a user's personal channel, whose user id
+/// may hold characters that channel names do not (`#auth0|5f7c`).
+fn is_cursor_channel(channel: &str) -> bool {
+    ChannelName::parse(channel).is_ok()
+        || channel
+            .strip_prefix('#')
+            .is_some_and(|user| UserId::parse(user).is_ok())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -123,6 +134,18 @@ mod tests {
             Cursor::decode(&Cursor::default().encode()).unwrap(),
             Cursor::default()
         );
+    }
+
+    #[test]
+    fn the_personal_channel_of_any_user_id_round_trips() {
+        // Found by `fuzz/` (target `cursor`): the gateway wrote cursors it then refused.
+        let user = UserId::parse("auth0|5f7c").unwrap();
+        let mut cursor = Cursor::default();
+        cursor.set(
+            ChannelName::personal(&user).as_str(),
+            position(7, "18c2f3a1b2c"),
+        );
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
     }
 
     #[test]
