@@ -20,6 +20,7 @@ fi
 
 cargo test --workspace --all-targets --locked "$@"
 cargo test --workspace --doc --locked
+./scripts/fuzz-smoke.sh
 ./scripts/validate-deploy.sh
 ./clients/python/scripts/ci.sh
 ./clients/js/scripts/ci.sh

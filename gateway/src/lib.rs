@@ -30,6 +30,9 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 mod fallback;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 mod hub;
 mod listener;
