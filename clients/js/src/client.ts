@@ -18,6 +18,7 @@
 
 import type { BackoffOptions } from "./backoff.js";
 import { subscribe } from "./channels.js";
+import type { Codec } from "./codec.js";
 import { Connection } from "./connection.js";
 import { Emitter } from "./emitter.js";
 import { GatewayError } from "./errors.js";
@@ -53,6 +54,12 @@ export interface GatewayClientOptions {
   transports?: TransportName[];
   /** A WebSocket implementation, e.g. `ws` on Node before 22 (default: the global one). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The WebSocket's encoding: `"json"` (default), or a codec such as `msgpack` from
+   * `@gateway/client/msgpack` (whose `GatewayClient` also takes `"msgpack"`). SSE and poll are
+   * always JSON; events and replies are the same in every format.
+   */
+  format?: "json" | Codec;
   /** Reconnect delays (default 500 ms to 20 s, full jitter). */
   backoff?: BackoffOptions;
   /** How often WebSocket is tried again while on SSE or poll (default 30 s, then backing off up to 5 min). */

@@ -10,6 +10,7 @@
  *   refresh.ts       refreshing the token before it expires
  *   subscription.ts  Subscription (one local subscriber) and the channel they share
  *   transport.ts     the Transport interface and the WebSocket transport
+ *   codec.ts         the WebSocket's encoding: JSON here, MessagePack in msgpack.ts (its own entry)
  *   sse.ts, poll.ts  the fallback transports over HTTP (http.ts: what they share)
  *   fallback.ts      when the client moves to the next transport
  *   cursor.ts        the HTTP transports' cursor: positions of every channel
@@ -38,6 +39,7 @@ export { Subscription, type SubscribedInfo, type SubscriptionHandlers, type Subs
 export { GatewayError, type ClientErrorCode } from "./errors.js";
 export type { GatewayEvent, Position, PresenceClient } from "./frames.js";
 export type { TokenSource } from "./token.js";
+export type { Codec } from "./codec.js";
 export type { BackoffOptions } from "./backoff.js";
 export type { QueueOptions } from "./queue.js";
 export {

@@ -12,6 +12,7 @@
  * asks again with a new request.
  */
 
+import { type Codec, json } from "./codec.js";
 import type { ClientFrame } from "./frames.js";
 
 export type TransportName = "websocket" | "sse" | "poll";
@@ -35,7 +36,7 @@ export interface OpenParams {
 export interface TransportHandlers {
   /** The transport is open: a duplex transport may send now. */
   onOpen(): void;
-  /** One server frame, decoded from JSON. */
+  /** One server frame, decoded (from JSON, or from MessagePack on a WebSocket that asked for it). */
   onFrame(frame: unknown): void;
   /** A sign of life that carried no frame: an SSE heartbeat comment, a poll answered empty. */
   onAlive(): void;
@@ -69,7 +70,9 @@ export interface TransportFactory {
 /** The part of the WebSocket API the client uses: the browser's, or `ws` on Node. */
 export interface WebSocketLike {
   readonly readyState: number;
-  send(data: string): void;
+  /** Set to `"arraybuffer"` when the format is binary. */
+  binaryType?: string;
+  send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
   onopen: unknown;
   onmessage: unknown;
@@ -103,7 +106,11 @@ export function webSocketUrl(url: string): string {
   return url;
 }
 
-/** The WebSocket transport: JSON text frames over one socket. */
+/**
+ * The WebSocket transport: frames over one socket, JSON text frames or those of `codec`, which it
+ * asks for with the codec's subprotocol. A text message is read as JSON in every format, as the
+ * server reads them; a binary one is decoded by the codec.
+ */
 export class WebSocketTransport implements Transport {
   readonly name = "websocket";
   readonly duplex = true;
@@ -112,17 +119,28 @@ export class WebSocketTransport implements Transport {
   /** The HTTP status that refused the upgrade, where the implementation says (`ws` does). */
   private httpStatus: number | undefined;
 
-  constructor(Impl: WebSocketConstructor, params: OpenParams, private readonly handlers: TransportHandlers) {
-    const socket = new Impl(webSocketUrl(params.url));
+  constructor(
+    Impl: WebSocketConstructor,
+    params: OpenParams,
+    private readonly handlers: TransportHandlers,
+    private readonly codec: Codec = json,
+  ) {
+    const url = webSocketUrl(params.url);
+    const socket = codec.protocol === undefined ? new Impl(url) : new Impl(url, codec.protocol);
+    if (codec.binary) socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.onopen = () => {
       if (!this.closed) this.handlers.onOpen();
     };
     socket.onmessage = (message: { data: unknown }) => {
-      if (this.closed || typeof message.data !== "string") return;
+      if (this.closed) return;
+      const data = message.data;
       let frame: unknown;
       try {
-        frame = JSON.parse(message.data);
+        if (typeof data === "string") frame = JSON.parse(data);
+        else if (data instanceof ArrayBuffer) frame = codec.decode(new Uint8Array(data));
+        else if (ArrayBuffer.isView(data)) frame = codec.decode(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+        else return;
       } catch {
         return;
       }
@@ -138,7 +156,7 @@ export class WebSocketTransport implements Transport {
   }
 
   send(frame: ClientFrame): void {
-    if (this.socket.readyState === OPEN) this.socket.send(JSON.stringify(frame));
+    if (this.socket.readyState === OPEN) this.socket.send(this.codec.encode(frame));
   }
 
   update(): void {
@@ -167,10 +185,10 @@ export class WebSocketTransport implements Transport {
   }
 }
 
-/** The factory of {@link WebSocketTransport}s over `Impl`. */
-export function webSocketTransport(Impl: WebSocketConstructor): TransportFactory {
+/** The factory of {@link WebSocketTransport}s over `Impl`, in the format of `codec`. */
+export function webSocketTransport(Impl: WebSocketConstructor, codec: Codec = json): TransportFactory {
   return {
     name: "websocket",
-    open: (params, handlers) => new WebSocketTransport(Impl, params, handlers),
+    open: (params, handlers) => new WebSocketTransport(Impl, params, handlers, codec),
   };
 }

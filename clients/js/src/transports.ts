@@ -7,6 +7,7 @@
 
 import { type Asked, onSubscribed, oneWayRequest, serverChannels } from "./channels.js";
 import type { GatewayClientOptions } from "./client.js";
+import { resolveCodec } from "./codec.js";
 import type { Connection } from "./connection.js";
 import { afterAttempt, type Attempt } from "./fallback.js";
 import { classifyFrame, type RequestId, type SubscribedFrame } from "./frames.js";
@@ -40,8 +41,12 @@ export interface Probe {
   timer: ReturnType<typeof setTimeout>;
 }
 
-/** The factories of the transports `names` that are available here, in that order. */
+/**
+ * The factories of the transports `names` that are available here, in that order; the WebSocket
+ * speaks the `format` of the options, SSE and poll JSON.
+ */
 export function resolveTransports(names: TransportName[], options: GatewayClientOptions): TransportFactory[] {
+  const codec = resolveCodec(options.format);
   const factories: TransportFactory[] = [];
   const fetchable = typeof (globalThis as { fetch?: unknown }).fetch === "function";
   for (const name of new Set(names)) {
@@ -51,7 +56,7 @@ export function resolveTransports(names: TransportName[], options: GatewayClient
       if (!Impl) {
         throw new Error("no WebSocket implementation: pass one as the `WebSocket` option (e.g. the ws package on Node before 22), or leave \"websocket\" out of `transports`");
       }
-      factories.push(webSocketTransport(Impl));
+      factories.push(webSocketTransport(Impl, codec));
     } else {
       // Names this version does not know (from plain JavaScript) are skipped.
       const factory = (HTTP_TRANSPORTS as Partial<Record<string, TransportFactory>>)[name];

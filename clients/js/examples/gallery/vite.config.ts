@@ -14,6 +14,7 @@ export default defineConfig(({ mode }) => ({
   resolve: {
     alias: [
       { find: /^@gateway\/client\/react$/, replacement: here("../../src/react.ts") },
+      { find: /^@gateway\/client\/msgpack$/, replacement: here("../../src/msgpack.ts") },
       { find: /^@gateway\/client$/, replacement: here("../../src/index.ts") },
     ],
   },

@@ -4,7 +4,7 @@
  * the page is killed: the page reconnects to the other one, recovers its personal channel, and
  * every badge ends green, each photo updated exactly once. Screenshots before and after go to
  * docs/images/ (or $SCREENSHOT_DIR). The same behind a proxy that refuses `/ws` (the page ends
- * on SSE) or `/ws` and `/sse` (long-poll).
+ * on SSE) or `/ws` and `/sse` (long-poll), and with MessagePack frames (`?format=msgpack`).
  */
 
 import assert from "node:assert/strict";
@@ -157,6 +157,41 @@ describe("the gallery in Chromium", () => {
     } finally {
       await context.close();
       await single.stop();
+    }
+  });
+
+  it("over MessagePack (?format=msgpack), gets binary frames and completes every photo once across a replica kill", { timeout: 120_000 }, async () => {
+    const packed = await Cluster.start({ staticRoot: APP_DIR });
+    const page = await browser.newPage({ viewport: { width: 1000, height: 760 } });
+    try {
+      page.on("pageerror", (error) => pageErrors.push(String(error)));
+      const frames = { binary: 0, text: 0 };
+      page.on("websocket", (socket) => {
+        socket.on("framereceived", ({ payload }) => (typeof payload === "string" ? frames.text++ : frames.binary++));
+      });
+      const user = "packed";
+      await page.goto(`${packed.httpUrl}/?format=msgpack&token=${signToken(user)}`);
+      await page.waitForSelector("[data-testid=connection][data-state=connected][data-transport=websocket]", { timeout: 20_000 });
+      const before = await connection(page);
+
+      await completeAll(packed, user, packed.replica(before.node));
+
+      await page.waitForSelector(`[data-testid=summary][data-completed="${PHOTOS.length}"]`, { timeout: 30_000 });
+      await page.waitForSelector("[data-testid=connection][data-state=connected]", { timeout: 20_000 });
+      await sleep(500); // a repeated event would show now
+      assert.deepEqual(
+        await photos(page),
+        PHOTOS.map((id) => ({ id, status: "completed", updates: 1, likes: 0 })),
+        "each photo completed by exactly one event",
+      );
+      assert.notEqual((await connection(page)).node, before.node, "reconnected to the other replica");
+      assert.equal(await page.locator(".reload").count(), 0, "recovered, not reloaded");
+      assert.ok(frames.binary >= PHOTOS.length, `${frames.binary} binary frames`);
+      assert.equal(frames.text, 0, "no text frame: every frame was MessagePack");
+      assert.deepEqual(pageErrors, []);
+    } finally {
+      await page.close();
+      await packed.stop();
     }
   });
 
