@@ -174,6 +174,8 @@ pub(crate) struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     /// Keys held from the JWKS file and URL.
     pub jwks_keys: IntGauge,
+    /// Tasks alive in the runtime, read when the metrics are rendered.
+    runtime_tasks: IntGauge,
 }
 
 impl Metrics {
@@ -246,6 +248,7 @@ impl Metrics {
                 "result",
             )?,
             jwks_keys: r.gauge("gateway_jwks_keys", "Keys held from the JWKS file and URL.")?,
+            runtime_tasks: r.gauge("gateway_runtime_tasks", "Tasks alive in the runtime.")?,
             registry,
         };
         metrics.prime();
@@ -304,6 +307,11 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub(crate) fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         let mut buffer = Vec::new();
         // Encoding into a Vec only fails on metric families that cannot be built, which the
         // constructors above rule out.
