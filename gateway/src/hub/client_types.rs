@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use publisher::wire::ClientType;
 
-use super::{BusWatch, ClientId, ClientTypeMembers, Hub, HubError, State, bus_answer, bus_failed};
+use super::{
+    BusWatch, ClientId, ClientTypeMembers, Hub, HubError, State, bus_answer, bus_failed,
+    shrink_if_sparse,
+};
 use crate::outbox::Outbox;
 
 impl Hub {
@@ -110,6 +113,8 @@ impl Hub {
                 members.remove();
                 let topic = self.inner.topics.client_type(client_type.as_str());
                 self.inner.broker.unsubscribe(topic);
+            } else {
+                shrink_if_sparse(&mut members.get_mut().outboxes);
             }
         }
     }

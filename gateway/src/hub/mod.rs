@@ -13,6 +13,7 @@ mod recovery;
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -313,6 +314,8 @@ impl Hub {
                 users.remove();
             }
         }
+        shrink_if_sparse(&mut state.sessions);
+        shrink_if_sparse(&mut state.users);
         if state.sessions.is_empty() {
             state.broadcast = None;
             self.inner.broker.unsubscribe(self.inner.topics.broadcast());
@@ -452,6 +455,9 @@ impl Hub {
                 entry.remove();
                 let topic = self.inner.topics.channel(channel.as_str());
                 self.inner.broker.unsubscribe(topic);
+                shrink_if_sparse(&mut state.channels);
+            } else {
+                shrink_if_sparse(&mut entry.get_mut().subscribers);
             }
         }
     }
@@ -560,6 +566,19 @@ impl Hub {
 fn personal_channel(name: &str) -> Option<ChannelName> {
     let user = UserId::parse(name.strip_prefix('#')?).ok()?;
     Some(ChannelName::personal(&user))
+}
+
+/// Maps smaller than this are left as they are.
+const SHRINK_ABOVE_CAPACITY: usize = 64;
+
+/// Gives a map's memory back once it holds under a quarter of what it has room for, so that
+/// a node does not keep the room of a peak it no longer has (a storm's connections, a channel
+/// that was hot). The map keeps room for twice what it holds: the rehash is paid for by the
+/// removals that made it sparse, and a map growing again does not shrink at once.
+fn shrink_if_sparse<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > SHRINK_ABOVE_CAPACITY && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 fn gauge_value(n: usize) -> i64 {

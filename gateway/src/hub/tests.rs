@@ -497,3 +497,17 @@ async fn a_fast_reader_is_not_closed_by_a_burst_dispatched_in_one_round() {
         assert_eq!(fast.recv_json().await["data"]["n"], n);
     }
 }
+
+#[test]
+fn a_map_left_sparse_gives_its_room_back_and_keeps_its_entries() {
+    let mut map: std::collections::HashMap<u32, u32> = (0..10_000).map(|k| (k, k)).collect();
+    let peak = map.capacity();
+    for k in 10..10_000 {
+        map.remove(&k);
+        super::shrink_if_sparse(&mut map);
+        assert!(map.capacity() >= map.len());
+    }
+    assert!(map.capacity() <= 128, "{} of {peak} left", map.capacity());
+    assert_eq!(map.len(), 10);
+    assert!((0..10).all(|k| map.get(&k) == Some(&k)));
+}
