@@ -7,6 +7,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, with its background threads on: they give freed memory back to the system within
+/// seconds, also while the gateway is idle. glibc's allocator kept what every wave of
+/// connections had freed, in per-thread arenas too fragmented to trim (docs/benchmarks.md,
+/// "Memory after churn").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load(Args::parse()).context("configuration")?;
