@@ -66,6 +66,8 @@ pub(crate) enum SlowMode {
     Reading,
     /// Hold the socket without reading.
     Stopped,
+    /// Read one frame at a time, with a pause before each.
+    Trickle,
     /// Read again until the connection ends.
     Resumed,
 }
@@ -80,6 +82,8 @@ pub(crate) struct Client {
     pub(crate) target: usize,
     pub(crate) slow: bool,
     pub(crate) recv_buffer: Option<u32>,
+    /// The pause before each read of a slow consumer in [`SlowMode::Trickle`].
+    pub(crate) trickle: Duration,
     pub(crate) reconnect_jitter_ms: Option<u64>,
 }
 
@@ -296,6 +300,9 @@ impl Client {
                     return "quit".into();
                 }
                 continue;
+            }
+            if self.slow && *slow.borrow() == SlowMode::Trickle {
+                tokio::time::sleep(self.trickle).await;
             }
             let message = tokio::select! {
                 message = ws.next() => message,

@@ -57,6 +57,7 @@ impl FleetOptions {
             concurrency: self.connect_concurrency,
             slow_every: 0,
             slow_recv_buffer: 4096,
+            slow_read_pause_ms: 100,
             reconnect_jitter_ms: None,
             threads: 0,
             secret: JWT_SECRET.into(),

@@ -7,15 +7,16 @@
 //! ```sh
 //! cargo run --release -p bench -- idle            # or hot-channel, many-channels, storm,
 //! cargo run --release -p bench -- idle --smoke    #    slow-consumers, publisher,
-//!                                                 #    socket-floor, fallback, all
+//!                                                 #    socket-floor, fallback, soak, all
 //! ```
 //!
 //! Layout: `procs` (Redis, gateways, cleanup), `fleet` and `worker` (client processes and
 //! what they say to each other, in `plan`), `client` (one WebSocket client), `stats` (what a
-//! worker's clients measure), `load` (paced publishing), `measure` (`/proc`, Redis `INFO`,
-//! metrics, histograms), `report` (tables and JSON), `scenarios/*` (one per scenario). See
-//! docs/benchmarks.md.
+//! worker's clients measure), `churn` (clients that come and go, in the driver), `load`
+//! (paced publishing), `measure` (`/proc`, Redis `INFO`, metrics, histograms), `report`
+//! (tables and JSON), `scenarios/*` (one per scenario). See docs/benchmarks.md.
 
+mod churn;
 mod client;
 mod fleet;
 mod load;
@@ -43,6 +44,7 @@ use crate::scenarios::idle::IdleArgs;
 use crate::scenarios::many::ManyArgs;
 use crate::scenarios::publish::PublishArgs;
 use crate::scenarios::slow::SlowArgs;
+use crate::scenarios::soak::SoakArgs;
 use crate::scenarios::storm::StormArgs;
 
 #[derive(Debug, Parser)]
@@ -92,6 +94,9 @@ enum Scenario {
     ///    next to a WebSocket's, CPU per delivery over SSE and WebSocket, first polls per
     ///    second and per gateway CPU-second.
     Fallback(FallbackArgs),
+    /// 9. Soak: minutes or hours of steady events, slow readers and churn on one replica;
+    ///    the gateway's RSS, open files, threads and tasks over time, and the RSS drift.
+    Soak(SoakArgs),
     /// Every scenario in turn, each with its defaults.
     All,
     /// (internal) A client worker process; the driver starts these itself.
@@ -168,6 +173,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Publisher(args) => vec![scenarios::publish::run(&bench, args).await?],
         Scenario::SocketFloor(args) => vec![scenarios::floor::run(&bench, args).await?],
         Scenario::Fallback(args) => vec![scenarios::fallback::run(&bench, args).await?],
+        Scenario::Soak(args) => vec![scenarios::soak::run(&bench, args).await?],
         Scenario::All => run_all(&bench, cli.json).await?,
         Scenario::Worker { .. } => Vec::new(),
     };
@@ -208,6 +214,7 @@ async fn run_all(bench: &Bench, json: bool) -> Result<Vec<Report>> {
     done(scenarios::publish::run(bench, &defaults()?).await?);
     done(scenarios::floor::run(bench, &defaults()?).await?);
     done(scenarios::fallback::run(bench, &defaults()?).await?);
+    done(scenarios::soak::run(bench, &defaults()?).await?);
     Ok(reports)
 }
 

@@ -97,6 +97,24 @@ pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Open files of a process: the entries of `/proc/<pid>/fd`.
+pub(crate) fn open_files(pid: u32) -> Result<usize> {
+    let path = format!("/proc/{pid}/fd");
+    let entries = std::fs::read_dir(&path).with_context(|| format!("reading {path}"))?;
+    Ok(entries.count())
+}
+
+/// Threads of a process (`Threads` of `/proc/<pid>/status`).
+pub(crate) fn threads(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .with_context(|| format!("no Threads in {path}"))
+}
+
 /// CPU time (user + system) a process has used, in seconds, from `/proc/<pid>/stat`.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
@@ -229,6 +247,8 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_bytes(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(open_files(pid).unwrap() >= 3);
+        assert!(threads(pid).unwrap() >= 1);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub(crate) struct Plan {
     /// `SO_RCVBUF` of slow consumers, so that they stop taking data soon after they stop
     /// reading.
     pub(crate) slow_recv_buffer: u32,
+    /// The pause before each read of a slow consumer told to [`Command::TrickleSlow`], ms.
+    pub(crate) slow_read_pause_ms: u64,
     /// Reconnect to the next target after the connection drops, after a random delay of up
     /// to this many milliseconds; `None`: do not reconnect.
     pub(crate) reconnect_jitter_ms: Option<u64>,
@@ -100,6 +102,8 @@ pub(crate) enum Command {
     StopSlow,
     /// Slow consumers read again, until their connection ends.
     ResumeSlow,
+    /// Slow consumers read slowly: one frame at a time, after a pause.
+    TrickleSlow,
     /// Exit.
     Quit,
 }

@@ -98,6 +98,14 @@ pub(crate) struct Figure {
     met: Option<bool>,
 }
 
+/// Rows of values, such as samples over time, printed under the figures: one JSON value per
+/// cell (a number, or null for one that could not be read).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Series {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
 /// A scenario's result.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
@@ -106,6 +114,8 @@ pub(crate) struct Report {
     smoke: bool,
     params: Map<String, Value>,
     figures: Vec<Figure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series: Option<Series>,
     notes: Vec<String>,
 }
 
@@ -117,8 +127,17 @@ impl Report {
             smoke,
             params: Map::new(),
             figures: Vec::new(),
+            series: None,
             notes: Vec::new(),
         }
+    }
+
+    /// Sets the rows printed under the figures, one cell per column.
+    pub(crate) fn series(&mut self, columns: &[&str], rows: Vec<Vec<Value>>) {
+        self.series = Some(Series {
+            columns: columns.iter().map(|&c| c.to_owned()).collect(),
+            rows,
+        });
     }
 
     /// Records a parameter of the run (shown in JSON and under the table).
@@ -202,28 +221,16 @@ impl Report {
                 ]
             })
             .collect();
-        let header = [
-            "figure".to_owned(),
-            "value".to_owned(),
-            "target".to_owned(),
-            "met?".to_owned(),
-        ];
-        let mut widths = header.clone().map(|h| h.chars().count());
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        for row in std::iter::once(&header).chain(&rows) {
-            let cells: Vec<String> = row
+        let header = ["figure", "value", "target", "met?"].map(str::to_owned);
+        out.push_str(&aligned(&header, &rows));
+        if let Some(series) = &self.series {
+            let cells: Vec<Vec<String>> = series
+                .rows
                 .iter()
-                .zip(widths)
-                .map(|(cell, width)| {
-                    let pad = width.saturating_sub(cell.chars().count());
-                    format!("{cell}{}", " ".repeat(pad))
-                })
+                .map(|row| row.iter().map(cell).collect())
                 .collect();
-            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+            out.push_str(&aligned(&series.columns, &cells));
             out.push('\n');
         }
         if !self.params.is_empty() {
@@ -239,6 +246,39 @@ impl Report {
         }
         out
     }
+}
+
+/// A series cell as text: numbers as they are, null as "—".
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "—".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `header` and `rows` in columns as wide as their widest cell, one line each.
+fn aligned<R: AsRef<[String]>>(header: &[String], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows.iter().map(AsRef::as_ref)) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &width)| {
+                let pad = width.saturating_sub(cell.chars().count());
+                format!("{cell}{}", " ".repeat(pad))
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -266,5 +306,24 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["figures"][1]["met"], true);
         assert_eq!(json["figures"][2]["value"], Value::Null);
+    }
+
+    #[test]
+    fn a_series_is_printed_in_columns_and_kept_as_values_in_json() {
+        let mut report = Report::new("soak", "test", true);
+        report.series(
+            &["time", "RSS MiB"],
+            vec![
+                vec![Value::from("0:00"), Value::from(12.5)],
+                vec![Value::from("0:30"), Value::Null],
+            ],
+        );
+        let table = report.table();
+        assert!(
+            table.contains("time  RSS MiB\n0:00  12.5\n0:30  —\n"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["series"]["rows"][0][1], 12.5);
     }
 }

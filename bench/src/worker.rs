@@ -53,6 +53,24 @@ struct Claims {
     exp: u64,
 }
 
+/// An HS256 token for user `sub`, signed with `secret`, valid for [`TOKEN_LIFETIME_S`].
+pub(crate) fn mint(secret: &str, sub: &str) -> Result<String> {
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    mint_with(&key, sub, token_expiry())
+}
+
+fn token_expiry() -> u64 {
+    crate::measure::unix_nanos() / 1_000_000_000 + TOKEN_LIFETIME_S
+}
+
+fn mint_with(key: &EncodingKey, sub: &str, exp: u64) -> Result<String> {
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp,
+    };
+    jsonwebtoken::encode(&Header::default(), &claims, key).context("minting")
+}
+
 async fn run(plan: Plan) -> Result<()> {
     let targets = plan
         .targets
@@ -61,14 +79,10 @@ async fn run(plan: Plan) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let targets = Arc::new(targets);
     let key = EncodingKey::from_secret(plan.secret.as_bytes());
-    let exp = crate::measure::unix_nanos() / 1_000_000_000 + TOKEN_LIFETIME_S;
+    let exp = token_expiry();
     let mut clients = Vec::with_capacity(plan.count);
     for i in plan.first..plan.first + plan.count {
-        let claims = Claims {
-            sub: Plan::user(i),
-            exp,
-        };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &key).context("minting")?;
+        let token = mint_with(&key, &Plan::user(i), exp)?;
         let slow = plan.is_slow(i);
         clients.push(Client {
             index: i,
@@ -79,6 +93,7 @@ async fn run(plan: Plan) -> Result<()> {
             target: plan.target_of(i),
             slow,
             recv_buffer: slow.then_some(plan.slow_recv_buffer),
+            trickle: Duration::from_millis(plan.slow_read_pause_ms),
             reconnect_jitter_ms: plan.reconnect_jitter_ms,
         });
     }
@@ -118,6 +133,9 @@ async fn run(plan: Plan) -> Result<()> {
             }
             Command::ResumeSlow => {
                 let _ = slow_tx.send(SlowMode::Resumed);
+            }
+            Command::TrickleSlow => {
+                let _ = slow_tx.send(SlowMode::Trickle);
             }
             Command::Quit => break,
         }

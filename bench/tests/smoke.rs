@@ -199,3 +199,18 @@ fn fallback() {
         ],
     );
 }
+
+#[test]
+fn soak() {
+    let out = smoke(&["soak"]);
+    assert_figures(
+        &out,
+        &[
+            "RSS drift over the last",
+            "open files at the end",
+            "runtime tasks at the end",
+            "churn: connections",
+            "RSS MiB",
+        ],
+    );
+}
