@@ -7,13 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-seconds="${FUZZ_SECONDS:-10}"
-targets=(client_frame channel_name channel_pattern bus_envelope cursor since)
+seconds="${FUZZ_SECONDS:-8}"
+targets=(client_frame channel_name channel_pattern bus_envelope cursor since msgpack_frame)
+# The fuzz build (nightly, sanitizers, release) takes minutes from nothing: it is kept outside
+# the clone, so a machine builds it once and later runs rebuild only what changed.
+target_dir="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gateway/fuzz-target}"
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 
-cargo +nightly fuzz build
+cargo +nightly fuzz build --target-dir "$target_dir"
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -21,7 +24,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   log="$scratch/$target.log"
   # The first corpus folder receives what the fuzzer finds; the committed one is only read.
-  if ! cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
+  if ! cargo +nightly fuzz run --target-dir "$target_dir" "$target" "$scratch/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "fuzz $target failed; the input is under fuzz/artifacts/$target/" >&2

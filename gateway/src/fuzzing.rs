@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::auth::ChannelPattern;
 use crate::fallback::Cursor;
 use crate::hub::Delivery;
-use crate::protocol::{ClientFrame, ServerFrame, encode_event, parse_client_frame};
+use crate::protocol::{ClientFrame, ServerFrame, encode_event, msgpack, parse_client_frame};
 
 /// The longest cursor the docs promise to read.
 const MAX_CURSOR_BYTES: usize = 64 * 1024;
@@ -423,6 +423,31 @@ fn query_since(query: &str) {
     if let Some((_, cursor)) = pairs.iter().find(|(k, _)| k == "cursor") {
         check_cursor(cursor);
     }
+    // As `/ws` reads it: `since_offset` and `since_epoch`.
+    let Ok(Query(map)) = map else {
+        return;
+    };
+    if let Ok(Some(position)) = crate::server::personal_since(&map) {
+        let offset = map.get("since_offset").map(|offset| offset.parse::<u64>());
+        assert_eq!(offset, Some(Ok(position.offset)), "{query:?}");
+        let epoch = map.get("since_epoch").map_or("", String::as_str);
+        assert_eq!(position.epoch, epoch, "{query:?}");
+    }
+}
+
+/// A binary client frame: MessagePack, turned into JSON and parsed as a text frame is.
+///
+/// Asserts: what converts is valid JSON, converts back to MessagePack, and from there to the
+/// same JSON; parsing it never panics.
+pub fn msgpack_frame(data: &[u8]) {
+    let Ok(json) = msgpack::to_json(data) else {
+        return;
+    };
+    serde_json::from_str::<serde_json::Value>(&json).expect("a converted frame is JSON");
+    let packed = msgpack::from_json(&json).expect("JSON converts to MessagePack");
+    let again = msgpack::to_json(&packed).expect("our MessagePack converts back");
+    assert_eq!(again, json, "the round trip changed the frame");
+    let _ = parse_client_frame(&json);
 }
 
 /// A position serialises and reads back as itself.

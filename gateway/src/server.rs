@@ -130,7 +130,9 @@ fn negotiate_format(
 }
 
 /// The personal channel's recovery position, `?since_offset=41&since_epoch=…`, if given.
-fn personal_since(query: &HashMap<String, String>) -> Result<Option<Position>, &'static str> {
+pub(crate) fn personal_since(
+    query: &HashMap<String, String>,
+) -> Result<Option<Position>, &'static str> {
     let Some(offset) = query.get("since_offset") else {
         return Ok(None);
     };

@@ -3,6 +3,8 @@
 //! converted from their JSON encoding, once per frame whichever number of connections use it;
 //! client frames are converted to JSON text and parsed like any other.
 
+use serde::Deserialize;
+
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Format {
@@ -60,9 +62,15 @@ pub(crate) fn from_json(json: &str) -> Result<Vec<u8>, MsgpackError> {
     Ok(rmp_serde::to_vec_named(&value)?)
 }
 
+/// Deepest nesting a MessagePack client frame may have: within what the JSON parser takes
+/// (128 levels), so that every frame that converts also parses.
+const MAX_DEPTH: usize = 100;
+
 /// The JSON text of a MessagePack client frame, to be parsed as a JSON frame is.
 pub(crate) fn to_json(bytes: &[u8]) -> Result<String, MsgpackError> {
-    let value: serde_json::Value = rmp_serde::from_slice(bytes)?;
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MAX_DEPTH);
+    let value = serde_json::Value::deserialize(&mut decoder)?;
     Ok(serde_json::to_string(&value)?)
 }
 
@@ -81,6 +89,31 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&to_json(&packed).unwrap()).unwrap();
         let original: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(back, original);
+    }
+
+    /// Found by the `msgpack_frame` fuzz target: a float whose shortest decimal form the JSON
+    /// parser read back one unit in the last place off, so the two encodings disagreed.
+    #[test]
+    fn every_float_converts_exactly_both_ways() {
+        let float = f64::from_bits(0x40ff_ffff_ffff_ff04);
+        let packed = rmp_serde::to_vec_named(&serde_json::json!({"n": float})).unwrap();
+        let json = to_json(&packed).unwrap();
+        assert_eq!(to_json(&from_json(&json).unwrap()).unwrap(), json);
+        let back: serde_json::Value = rmp_serde::from_slice(&from_json(&json).unwrap()).unwrap();
+        assert_eq!(back["n"].as_f64().map(f64::to_bits), Some(float.to_bits()));
+    }
+
+    /// Found by the `msgpack_frame` fuzz target: nesting that MessagePack allowed and JSON did
+    /// not. Such a frame is now refused at the conversion.
+    #[test]
+    fn nesting_deeper_than_json_takes_is_refused() {
+        let mut deep = vec![0x91u8; MAX_DEPTH + 1];
+        deep.push(0xc0);
+        assert!(matches!(to_json(&deep), Err(MsgpackError::Decode(_))));
+        let mut fine = vec![0x91u8; MAX_DEPTH - 1];
+        fine.push(0xc0);
+        let json = to_json(&fine).unwrap();
+        serde_json::from_str::<serde_json::Value>(&json).unwrap();
     }
 
     #[test]
