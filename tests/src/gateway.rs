@@ -160,7 +160,9 @@ impl TestGateway {
             let Some(pid) = child.id() else {
                 panic!("gateway exited immediately\n{}", tail(&log_path, "gateway"))
             };
-            match wait_ready(&mut child, &http, admin).await {
+            let level = config.env.get("GATEWAY_LOG").map_or("info", String::as_str);
+            let logs_info = !matches!(level, "warn" | "error" | "off");
+            match wait_ready(&mut child, &http, admin, &log_path, logs_info).await {
                 Ok(()) => {
                     return Self {
                         child,
@@ -400,10 +402,16 @@ enum NotReady {
     TimedOut,
 }
 
+/// Waits until the child has bound its listeners and `/readyz` answers 200. The log line
+/// matters: a free port can be taken by another test's gateway between the pick and the bind,
+/// and that gateway answers `/readyz` too. Where the log level hides it (`warn`, `error`), the
+/// child must still be running a moment after the answer instead.
 async fn wait_ready(
     child: &mut Child,
     http: &reqwest::Client,
     admin: SocketAddr,
+    log_path: &Path,
+    logs_info: bool,
 ) -> Result<(), NotReady> {
     let url = format!("http://{admin}/readyz");
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -413,7 +421,16 @@ async fn wait_ready(
         }
         let response = http.get(&url).timeout(Duration::from_secs(1)).send().await;
         if response.is_ok_and(|r| r.status() == StatusCode::OK) {
-            return Ok(());
+            if !logs_info {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(NotReady::Exited(status));
+                }
+                return Ok(());
+            }
+            if read_log(log_path).contains("gateway listening") {
+                return Ok(());
+            }
         }
         if Instant::now() > deadline {
             return Err(NotReady::TimedOut);
