@@ -238,8 +238,9 @@ pub(crate) async fn run(bench: &Bench, args: &SoakArgs) -> Result<Report> {
         report.note(format!("first failed churn attempt: {failure}"));
     }
     report.note(
-        "drift: RSS at the last sample against the first sample of the window, which is the \
-         last 20 minutes, or the last two thirds of a shorter run",
+        "drift: RSS at the last sample against the sample at the start of the window (or the \
+         one just before it), which is the last 20 minutes, or the last two thirds of a \
+         shorter run",
     );
     report.series(&COLUMNS, samples.iter().map(Sample::row).collect());
     Ok(report)
@@ -371,7 +372,8 @@ fn figures(report: &mut Report, samples: &[Sample], counts: &ChurnCounts, durati
     };
     let window = DRIFT_WINDOW.min(duration.mul_f64(2.0 / 3.0));
     let from = last.at.saturating_sub(window);
-    let start = samples.iter().find(|s| s.at >= from).unwrap_or(first);
+    // The sample at the window's start, or just before it: samples come a little late.
+    let start = samples.iter().rev().find(|s| s.at <= from).unwrap_or(first);
     let drift = (last.rss as f64 - start.rss as f64) / (start.rss.max(1) as f64) * 100.0;
     let minutes = (last.at - start.at).as_secs_f64() / 60.0;
     report.add_target(
