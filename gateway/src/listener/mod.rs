@@ -161,9 +161,11 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             () = stopped(&mut stopping) => break,
+            // A finished connection's task holds its memory until it is joined: joined at once,
+            // not at the next accept, so a burst of connects leaves nothing behind it.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        while connections.try_join_next().is_some() {}
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(error) if is_connection_error(&error) => continue,
