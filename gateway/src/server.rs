@@ -12,7 +12,7 @@ use axum::routing::get;
 use publisher::wire::Position;
 
 use crate::node::Node;
-use crate::protocol::{Format, http_error, json_errors};
+use crate::protocol::{Encoding, Format, deflate, http_error, json_errors};
 use crate::session;
 use crate::view::Transport;
 use crate::{admission, fallback};
@@ -52,6 +52,13 @@ async fn upgrade(
         Ok(negotiated) => negotiated,
         Err(message) => return http_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
+    let encoding = Encoding {
+        format,
+        compress_from: node
+            .config
+            .ws_compression
+            .filter(|_| offers_deflate(&headers)),
+    };
     let accept = tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
     let on_upgrade = upgrade.on_upgrade;
     tokio::spawn(async move {
@@ -62,7 +69,7 @@ async fn upgrade(
                     claims,
                     since,
                     transport: Transport::Websocket,
-                    format,
+                    encoding,
                 };
                 session::run(node, io, opening).await
             }
@@ -87,7 +94,22 @@ async fn upgrade(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
+    if encoding.compress_from.is_some() {
+        let value = HeaderValue::from_static(deflate::ACCEPTED);
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     response
+}
+
+/// Whether the client offers permessage-deflate in a form this gateway accepts.
+fn offers_deflate(headers: &HeaderMap) -> bool {
+    let values = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    deflate::accepts_offer(values)
 }
 
 /// The connection's encoding, from `?format=` or else the first of the client's subprotocols

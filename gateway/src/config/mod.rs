@@ -167,6 +167,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Per-connection limits.
     pub limits: Limits,
+    /// Payloads from which frames are compressed for connections that negotiated
+    /// permessage-deflate; `None` when compression is off.
+    pub ws_compression: Option<usize>,
     /// Interval of server pings.
     pub heartbeat_interval: Duration,
     /// Silence after which a connection is closed.
@@ -244,6 +247,15 @@ impl Config {
             api_key: args.api_key.clone(),
             allowed_origins: allowed_origins(&args, &file),
             limits: Limits::merge(&args, &file),
+            ws_compression: args
+                .ws_compression
+                .or(file.ws_compression)
+                .unwrap_or(false)
+                .then(|| {
+                    args.ws_compression_min_bytes
+                        .or(file.ws_compression_min_bytes)
+                        .unwrap_or(256)
+                }),
             heartbeat_interval: pick(
                 args.heartbeat_interval,
                 file.heartbeat_interval,

@@ -14,6 +14,15 @@ fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
+/// A switch: `on`/`off` (or `true`/`false`).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{s:?} is neither \"on\" nor \"off\"")),
+    }
+}
+
 /// Flags and environment variables. Every setting is optional here; defaults are applied in
 /// [`Config::load`] after the TOML file.
 #[derive(Debug, Default, Parser)]
@@ -108,6 +117,12 @@ pub struct Args {
     /// Largest HTTP request head (request line and headers) in bytes [default: 65536].
     #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// permessage-deflate for WebSocket clients that offer it: `on` or `off` [default: off].
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION", value_parser = on_off)]
+    pub ws_compression: Option<bool>,
+    /// Frames shorter than this many bytes go uncompressed [default: 256].
+    #[arg(long, env = "GATEWAY_WS_COMPRESSION_MIN_BYTES")]
+    pub ws_compression_min_bytes: Option<usize>,
     /// Interval of server pings, and the interval advised to clients [default: 25s].
     #[arg(long, env = "GATEWAY_HEARTBEAT_INTERVAL", value_parser = duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -169,6 +184,8 @@ pub(super) struct FileConfig {
     pub(super) jwt_leeway: Option<Duration>,
     pub(super) allowed_origins: Option<Vec<String>>,
     pub(super) max_message_bytes: Option<usize>,
+    pub(super) ws_compression: Option<bool>,
+    pub(super) ws_compression_min_bytes: Option<usize>,
     pub(super) outbox_max_bytes: Option<usize>,
     pub(super) max_channels_per_connection: Option<usize>,
     pub(super) rate_limit_per_second: Option<u32>,

@@ -1,3 +1,5 @@
+use clap::Parser;
+
 use super::*;
 
 fn with_file(toml: &str) -> Result<Config, ConfigError> {
@@ -203,4 +205,20 @@ fn bus_canary_settings_have_defaults_and_are_validated() {
     };
     let error = Config::load(args).unwrap_err().to_string();
     assert!(error.contains("GATEWAY_BUS_CANARY_TIMEOUT"), "{error}");
+}
+
+#[test]
+fn compression_is_off_by_default_and_switched_on_by_flag_or_file() {
+    assert_eq!(Config::load(Args::default()).unwrap().ws_compression, None);
+    let on = Args::try_parse_from(["gateway", "--ws-compression", "on"]).unwrap();
+    assert_eq!(Config::load(on).unwrap().ws_compression, Some(256));
+    let off = Args::try_parse_from(["gateway", "--ws-compression", "OFF"]).unwrap();
+    assert_eq!(Config::load(off).unwrap().ws_compression, None);
+    let error = Args::try_parse_from(["gateway", "--ws-compression", "maybe"]).unwrap_err();
+    assert!(
+        error.to_string().contains("neither \"on\" nor \"off\""),
+        "{error}"
+    );
+    let config = with_file("ws_compression = true\nws_compression_min_bytes = 64").unwrap();
+    assert_eq!(config.ws_compression, Some(64));
 }

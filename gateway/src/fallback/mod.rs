@@ -29,7 +29,7 @@ pub(crate) use self::sse::sse;
 use crate::admission::{self, refuse};
 use crate::auth::{Claims, TokenRefusal};
 use crate::node::Node;
-use crate::protocol::{CloseCode, Format, HttpError, http_error};
+use crate::protocol::{CloseCode, Encoding, HttpError, http_error};
 use crate::session;
 use crate::view::Transport;
 
@@ -136,7 +136,7 @@ impl LocalClient {
             claims: Some(claims),
             since,
             transport,
-            format: Format::Json,
+            encoding: Encoding::default(),
         };
         tokio::spawn(session::run(node, server, opening));
         // The session limits what it sends; its client takes whatever it is given. A small

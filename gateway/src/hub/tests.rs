@@ -25,7 +25,7 @@ use crate::config::{Args, Config};
 use crate::history::{MemoryHistory, Policies};
 use crate::metrics::{Dropped, Metrics};
 use crate::outbox::Outbox;
-use crate::protocol::{CloseCode, Format};
+use crate::protocol::{CloseCode, Encoding};
 use crate::view::Transport;
 
 /// How long a test waits for what it expects: long on a loaded machine, short enough that a
@@ -159,7 +159,7 @@ impl TestNode {
             server_io,
             outbox_limit,
             Arc::clone(&self.metrics),
-            Format::Json,
+            Encoding::default(),
         );
         let client_id: ClientId = uuid::Uuid::new_v4().to_string().into();
         let connection = Connection {

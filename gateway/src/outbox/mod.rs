@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use crate::metrics::Metrics;
-use crate::protocol::{CloseCode, Format};
+use crate::protocol::{CloseCode, Encoding};
 
 /// Queued entries written with one vectored write at most.
 const MAX_BATCH: usize = 64;
@@ -238,7 +238,7 @@ struct Shared {
     /// Most bytes the backlog may hold.
     limit: usize,
     /// How this connection's frames are encoded.
-    format: Format,
+    encoding: Encoding,
     /// 0 while open, otherwise the close code the session must send.
     close_code: AtomicU16,
     closing: Notify,
@@ -295,12 +295,12 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox over `io` whose backlog holds at most `limit_bytes`, sending frames in `format`.
+    /// An outbox over `io` whose backlog holds at most `limit_bytes`, sending frames in `encoding`.
     pub(crate) fn new(
         io: impl Io,
         limit_bytes: usize,
         metrics: Arc<Metrics>,
-        format: Format,
+        encoding: Encoding,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -315,7 +315,7 @@ impl Outbox {
                 }),
                 metrics,
                 limit: limit_bytes,
-                format,
+                encoding,
                 close_code: AtomicU16::new(0),
                 closing: Notify::new(),
                 backlog: Notify::new(),
@@ -339,7 +339,7 @@ impl Outbox {
         if socket.broken || socket.io.is_none() {
             return Err(PushError::Closed);
         }
-        let wire = frame.wire(shared.format);
+        let wire = frame.wire(shared.encoding);
         let mut rest = wire.clone();
         // Corked, an idle socket's frame is written when the round ends; until then, later
         // frames queue behind this one, and nobody needs waking.
@@ -430,7 +430,7 @@ impl Outbox {
     pub(crate) fn push_first(&self, frame: &OutFrame) {
         let mut socket = self.shared.socket();
         debug_assert!(socket.held && !socket.front_started);
-        let wire = frame.wire(self.shared.format);
+        let wire = frame.wire(self.shared.encoding);
         let len = wire.len();
         socket.backlog_bytes += len;
         self.shared.metrics.outbox_bytes.add(gauge_bytes(len));

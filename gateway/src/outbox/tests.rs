@@ -4,11 +4,12 @@ use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
 use super::frame::text_frame;
 use super::*;
+use crate::protocol::Format;
 
 fn outbox(pipe: usize, limit: usize) -> (Outbox, DuplexStream, Arc<Metrics>) {
     let (ours, theirs) = duplex(pipe);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let outbox = Outbox::new(ours, limit, Arc::clone(&metrics), Format::Json);
+    let outbox = Outbox::new(ours, limit, Arc::clone(&metrics), Encoding::default());
     outbox.release();
     (outbox, theirs, metrics)
 }
@@ -93,7 +94,7 @@ async fn a_corked_round_writes_each_socket_once_at_its_end() {
 async fn held_frames_wait_behind_the_first() {
     let (ours, mut peer) = duplex(1024);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let outbox = Outbox::new(ours, 100, metrics, Format::Json);
+    let outbox = Outbox::new(ours, 100, metrics, Encoding::default());
     outbox.push(&OutFrame::reply("event")).unwrap();
     outbox.push_first(&OutFrame::reply("hello"));
     outbox.release();
@@ -141,14 +142,58 @@ async fn the_gauge_forgets_a_backlog_left_behind() {
     assert_eq!(metrics.outbox_bytes.get(), 0);
 }
 
+const MSGPACK: Encoding = Encoding {
+    format: Format::Msgpack,
+    compress_from: None,
+};
+
 #[test]
 fn a_frame_is_packed_once_however_many_msgpack_connections_take_it() {
     let frame = OutFrame::event(r#"{"type":"e","channel":"jobs","data":{"a":1}}"#, None);
-    let first = frame.wire(Format::Msgpack).clone();
-    assert_eq!(first.as_ptr(), frame.wire(Format::Msgpack).as_ptr());
+    let first = frame.wire(MSGPACK).clone();
+    assert_eq!(first.as_ptr(), frame.wire(MSGPACK).as_ptr());
     // FIN and binary, a 3-entry map.
     assert_eq!(&first[..3], &[0x82, first.len() as u8 - 2, 0x83]);
-    assert_eq!(frame.wire(Format::Json)[0], 0x81);
+    assert_eq!(frame.wire(Encoding::default())[0], 0x81);
     let ping = OutFrame::control(&[0x89, 0x00]);
-    assert_eq!(&ping.wire(Format::Msgpack)[..], &[0x89, 0x00]);
+    assert_eq!(&ping.wire(MSGPACK)[..], &[0x89, 0x00]);
+}
+
+#[test]
+fn a_frame_is_compressed_once_per_format_and_only_from_the_minimum_size() {
+    let json = format!(
+        r#"{{"type":"e","channel":"jobs","data":"{}"}}"#,
+        "ab".repeat(200)
+    );
+    let frame = OutFrame::event(&json, None);
+    for format in [Format::Json, Format::Msgpack] {
+        let deflate = Encoding {
+            format,
+            compress_from: Some(256),
+        };
+        let compressed = frame.wire(deflate).clone();
+        assert_eq!(compressed.as_ptr(), frame.wire(deflate).as_ptr());
+        let opcode = if format == Format::Json { 0x1 } else { 0x2 };
+        // FIN, RSV1 and the format's opcode.
+        assert_eq!(compressed[0], 0xc0 | opcode);
+        let payload = &compressed[2..];
+        let mut inflater = crate::protocol::deflate::Inflater::new(1 << 16);
+        inflater.feed(payload).unwrap();
+        let plain = frame.wire(Encoding {
+            format,
+            compress_from: None,
+        });
+        assert_eq!(inflater.finish().unwrap(), plain[4..]);
+        let too_small = Encoding {
+            format,
+            compress_from: Some(100_000),
+        };
+        assert_eq!(frame.wire(too_small).as_ptr(), plain.as_ptr());
+    }
+    let ping = OutFrame::control(&[0x89, 0x00]);
+    let always = Encoding {
+        format: Format::Json,
+        compress_from: Some(0),
+    };
+    assert_eq!(&ping.wire(always)[..], &[0x89, 0x00]);
 }

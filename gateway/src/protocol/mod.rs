@@ -1,6 +1,7 @@
 //! The client protocol: frames in both directions, error codes and close codes.
 //!
-//! Every frame is a JSON text frame. Client frames may carry an `id` (number or string) that the
+//! Every frame is a JSON text frame, or its MessagePack form ([`msgpack`]), possibly compressed
+//! ([`deflate`]). Client frames may carry an `id` (number or string) that the
 //! reply echoes. Event frames are encoded here once per node and shared by every recipient.
 
 use std::collections::BTreeMap;
@@ -10,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use strum::VariantNames;
 
+pub(crate) mod deflate;
 mod http;
 pub(crate) mod msgpack;
 
+pub(crate) use self::deflate::Encoding;
 pub(crate) use self::http::{HttpError, error_body, http_error, http_error_bytes, json_errors};
 pub(crate) use self::msgpack::Format;
 

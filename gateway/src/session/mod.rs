@@ -8,6 +8,7 @@
 //! each client frame.
 
 mod frames;
+mod inflate;
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -22,13 +23,14 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
+use self::inflate::Inflating;
 use crate::auth::Claims;
 use crate::hub::{ClientId, Connection, HubError, Recovery};
 use crate::metrics::{ClientClose, Refusal};
 use crate::node::Node;
 use crate::outbox::{Io, OutFrame, Outbox, SocketIo};
 use crate::protocol::{
-    ClientError, ClientFrame, CloseCode, ErrorCode, Format, FrameError, ServerFrame, msgpack,
+    ClientError, ClientFrame, CloseCode, Encoding, ErrorCode, FrameError, ServerFrame, msgpack,
     parse_client_frame,
 };
 use crate::rate::{Strikes, TokenBucket};
@@ -55,8 +57,9 @@ enum Ending {
     ByClient(ClientClose),
 }
 
-/// A client's WebSocket, read by tungstenite over the outbox's socket.
-type Socket = WebSocketStream<SocketIo>;
+/// A client's WebSocket, read by tungstenite over the outbox's socket, its compressed messages
+/// inflated on the way.
+type Socket = WebSocketStream<Inflating<SocketIo>>;
 
 /// How a connection came to be: its token (`None` when it must come in an `auth` frame), where
 /// the personal channel's history left off (when the client recovers it), its transport and
@@ -68,8 +71,8 @@ pub(crate) struct Opening {
     pub(crate) since: Option<Position>,
     /// WebSocket, SSE or long-poll.
     pub(crate) transport: Transport,
-    /// JSON or MessagePack.
-    pub(crate) format: Format,
+    /// JSON or MessagePack, compressed or not.
+    pub(crate) encoding: Encoding,
 }
 
 /// Serves an upgraded connection.
@@ -90,9 +93,9 @@ async fn open(node: Arc<Node>, io: impl Io, opening: Opening) -> Option<(Session
         claims,
         since,
         transport,
-        format,
+        encoding,
     } = opening;
-    let (outbox, mut socket) = websocket(&node, io, format).await;
+    let (outbox, mut socket) = websocket(&node, io, encoding).await;
     let (claims, since) = match claims {
         Some(claims) => (claims, since),
         None => match first_frame_auth(&node, &mut socket).await {
@@ -158,16 +161,18 @@ async fn open(node: Arc<Node>, io: impl Io, opening: Opening) -> Option<(Session
 }
 
 /// The connection's outbox and the WebSocket read over it, with the node's frame limits.
-async fn websocket(node: &Node, io: impl Io, format: Format) -> (Outbox, Socket) {
+async fn websocket(node: &Node, io: impl Io, encoding: Encoding) -> (Outbox, Socket) {
     let limits = &node.config.limits;
     let metrics = Arc::clone(&node.metrics);
-    let outbox = Outbox::new(io, limits.outbox_max_bytes, metrics, format);
+    let outbox = Outbox::new(io, limits.outbox_max_bytes, metrics, encoding);
+    let deflate = encoding.compress_from.is_some();
+    let io = Inflating::new(outbox.io(), deflate, limits.max_message_bytes);
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes));
-    let socket = WebSocketStream::from_raw_socket(outbox.io(), Role::Server, Some(config)).await;
+    let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     (outbox, socket)
 }
 
@@ -596,7 +601,7 @@ async fn close_socket(
                 }
             }
         }
-        linger(socket.get_mut()).await;
+        linger(socket.get_mut().get_mut()).await;
     })
     .await;
 }

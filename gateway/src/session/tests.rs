@@ -19,7 +19,7 @@ use tungstenite::protocol::Role;
 use crate::auth::Claims;
 use crate::config::{Args, Config};
 use crate::node::Node;
-use crate::protocol::Format;
+use crate::protocol::Encoding;
 use crate::view::Transport;
 
 /// How long a test waits for what it expects: long on a loaded machine, short enough that a
@@ -84,7 +84,7 @@ impl Client {
             claims,
             since: None,
             transport: Transport::Websocket,
-            format: Format::Json,
+            encoding: Encoding::default(),
         };
         let session = tokio::spawn(super::run(Arc::clone(node), server_io, opening));
         let ws = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
