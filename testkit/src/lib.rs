@@ -8,6 +8,8 @@
 //!   can kill and restart, and [`with_redis`], which runs a doc example against one.
 //! - `binaries`: [`binary`], the workspace's binaries built once per process with the caller's
 //!   cargo profile ([`build_binaries`], [`profile_dir`]).
+//! - `websocket`: [`RawWebSocket`], a raw WebSocket client with permessage-deflate that shows
+//!   the wire (RSV bits, frame sizes) and sends hand-made frames.
 //!
 //! Every constructor that a benchmark uses returns an [`std::io::Result`]; the panicking ones
 //! are conveniences for tests.
@@ -16,8 +18,10 @@ mod binaries;
 mod ports;
 mod redis;
 mod temp;
+mod websocket;
 
 pub use binaries::{binary, build_binaries, profile_dir};
 pub use ports::{free_addrs, free_port};
 pub use redis::{RedisServer, with_redis};
 pub use temp::TempDir;
+pub use websocket::{Frame, Handshake, Offer, RawWebSocket};

@@ -213,6 +213,11 @@ impl TestGateway {
         format!("ws://{}/ws?token={token}", self.public)
     }
 
+    /// The port of the public listener (on 127.0.0.1).
+    pub fn public_port(&self) -> u16 {
+        self.public.port()
+    }
+
     /// `http://127.0.0.1:<port>` of the public listener.
     pub fn public_url(&self) -> String {
         format!("http://{}", self.public)

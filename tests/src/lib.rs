@@ -10,7 +10,8 @@
 //!   [`KeyPair`]s made with `openssl`.
 //! - `checks`: assertions on the shapes the contract promises (event and error frames, HTTP
 //!   errors, timestamps, metrics).
-//! - `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open.
+//! - `proxy`: [`StallProxy`], a TCP proxy whose connections can be made half-open, and that
+//!   counts the bytes it carries each way.
 //! - `jwks_server`: [`JwksServer`], an identity provider's JWKS endpoint whose document,
 //!   status and availability the test controls.
 //! - `prometheus`: [`TestPrometheus`], a real Prometheus scraping test gateways, and
@@ -51,7 +52,9 @@ pub use jwks_server::JwksServer;
 pub use prometheus::{TestPrometheus, promtool, samples_of};
 pub use proxy::StallProxy;
 pub use reqwest::StatusCode;
-pub use testkit::{RedisServer as TestRedis, TempDir, binary, free_port};
+pub use testkit::{
+    Frame, Handshake, Offer, RawWebSocket, RedisServer as TestRedis, TempDir, binary, free_port,
+};
 pub use token::{
     KeyPair, TEST_API_KEY, TEST_JWT_SECRET, TokenBuilder, base64url, jwks, now_unix, token,
 };
