@@ -7,7 +7,8 @@
 //! ```sh
 //! cargo run --release -p bench -- idle            # or hot-channel, many-channels, storm,
 //! cargo run --release -p bench -- idle --smoke    #    slow-consumers, publisher,
-//!                                                 #    socket-floor, fallback, soak, all
+//!                                                 #    socket-floor, fallback, soak,
+//!                                                 #    encodings, all
 //! ```
 //!
 //! Layout: `procs` (Redis, gateways, cleanup), `fleet` and `worker` (client processes and
@@ -37,6 +38,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand};
 use crate::fleet::FleetOptions;
 use crate::report::Report;
 use crate::scenarios::Bench;
+use crate::scenarios::encodings::EncodingsArgs;
 use crate::scenarios::fallback::FallbackArgs;
 use crate::scenarios::floor::FloorArgs;
 use crate::scenarios::hot::HotArgs;
@@ -97,6 +99,9 @@ enum Scenario {
     /// 9. Soak: minutes or hours of steady events, slow readers and churn on one replica;
     ///    the gateway's RSS, open files, threads and tasks over time, and the RSS drift.
     Soak(SoakArgs),
+    /// 10. Encodings: bytes on the wire and gateway CPU per delivery for JSON, MessagePack
+    ///     and each with permessage-deflate, at 100-byte and 4 KiB events.
+    Encodings(EncodingsArgs),
     /// Every scenario in turn, each with its defaults.
     All,
     /// (internal) A client worker process; the driver starts these itself.
@@ -174,6 +179,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::SocketFloor(args) => vec![scenarios::floor::run(&bench, args).await?],
         Scenario::Fallback(args) => vec![scenarios::fallback::run(&bench, args).await?],
         Scenario::Soak(args) => vec![scenarios::soak::run(&bench, args).await?],
+        Scenario::Encodings(args) => vec![scenarios::encodings::run(&bench, args).await?],
         Scenario::All => run_all(&bench, cli.json).await?,
         Scenario::Worker { .. } => Vec::new(),
     };
@@ -215,6 +221,7 @@ async fn run_all(bench: &Bench, json: bool) -> Result<Vec<Report>> {
     done(scenarios::floor::run(bench, &defaults()?).await?);
     done(scenarios::fallback::run(bench, &defaults()?).await?);
     done(scenarios::soak::run(bench, &defaults()?).await?);
+    done(scenarios::encodings::run(bench, &defaults()?).await?);
     Ok(reports)
 }
 

@@ -214,3 +214,18 @@ fn soak() {
         ],
     );
 }
+
+#[test]
+fn encodings() {
+    let out = smoke(&["encodings"]);
+    assert_figures(
+        &out,
+        &[
+            "100 B json: bytes on the wire per delivery",
+            "4 KiB msgpack+deflate: bytes vs JSON",
+            "4 KiB json+deflate: gateway CPU per delivery",
+            "4 KiB msgpack: delivered / expected",
+            "B vs JSON",
+        ],
+    );
+}

@@ -1,5 +1,6 @@
 //! The benchmark scenarios, one module each, and what they share.
 
+pub(crate) mod encodings;
 pub(crate) mod fallback;
 pub(crate) mod floor;
 pub(crate) mod hot;
