@@ -363,7 +363,7 @@ impl Reader {
 }
 
 /// The calling thread's CPU time (user and system), in seconds.
-fn thread_cpu() -> Result<f64> {
+pub(crate) fn thread_cpu() -> Result<f64> {
     let usage = getrusage(UsageWho::RUSAGE_THREAD).context("getrusage")?;
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
