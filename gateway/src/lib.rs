@@ -66,7 +66,7 @@ use crate::hub::Hub;
 use crate::metrics::{Dropped, JwksRefresh, Metrics};
 use crate::node::Node;
 
-/// Messages the bus may hand the hub ahead of its fan-out before they are dropped.
+/// Messages the bus may hand each dispatch lane ahead of its fan-out before they are dropped.
 const BUS_INBOX_CAPACITY: usize = 65_536;
 /// How long the listeners get to finish their connections after the drain.
 const LISTENER_GRACE: Duration = Duration::from_secs(2);
@@ -143,13 +143,15 @@ struct Backends {
 }
 
 /// Builds the node from its configuration; returns it with the bus messages it must dispatch.
-fn build_node(config: Config) -> Result<(Arc<Node>, mpsc::Receiver<BusMessage>), GatewayError> {
+fn build_node(
+    config: Config,
+) -> Result<(Arc<Node>, Vec<mpsc::Receiver<BusMessage>>), GatewayError> {
     let metrics = Arc::new(Metrics::new()?);
     let credentials = credentials(&config, &metrics)?;
     let dropped = metrics
         .messages_dropped
         .with_label_values(&[Dropped::BusBacklog.label()]);
-    let (inbox, inbox_rx) = BusInbox::new(BUS_INBOX_CAPACITY, dropped);
+    let (inbox, lanes) = BusInbox::with_lanes(BUS_INBOX_CAPACITY, dispatch_lanes(), dropped);
     let topics = Topics::new(config.redis_prefix.clone());
     let policies = Policies::from_namespaces(&config.namespaces);
     let backends = match &config.redis_url {
@@ -174,7 +176,12 @@ fn build_node(config: Config) -> Result<(Arc<Node>, mpsc::Receiver<BusMessage>),
         config.node_lease,
     ));
     let node = Node::new(config, credentials, hub, cluster, metrics, bus_status);
-    Ok((Arc::new(node), inbox_rx))
+    Ok((Arc::new(node), lanes))
+}
+
+/// One bus dispatch lane per worker thread of the runtime, so that every core fans out.
+fn dispatch_lanes() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |runtime| runtime.metrics().num_workers())
 }
 
 /// A single node's bus, history and registry, in memory.
@@ -236,9 +243,11 @@ fn redis_backends(
 
 /// Starts what runs beside the listeners: bus dispatch, the cluster's leases, bus watches,
 /// and the refresh of the JWKS file and URL.
-fn spawn_node_tasks(node: &Arc<Node>, inbox: mpsc::Receiver<BusMessage>) {
+fn spawn_node_tasks(node: &Arc<Node>, lanes: Vec<mpsc::Receiver<BusMessage>>) {
     tokio::spawn(watch_bus(Arc::clone(node)));
-    tokio::spawn(dispatch(node.hub.clone(), Arc::clone(&node.cluster), inbox));
+    for lane in lanes {
+        tokio::spawn(dispatch(node.hub.clone(), Arc::clone(&node.cluster), lane));
+    }
     tokio::spawn(Arc::clone(&node.cluster).run());
     tokio::spawn(node.hub.clone().run_bus_watch(node.bus_status()));
     if let Some(refresher) = node.auth.refresher() {
@@ -309,13 +318,15 @@ fn credentials(
     Ok((auth, api_key))
 }
 
-/// Hands each bus message to the cluster (control traffic) or the hub (events). Messages that
-/// wait together are dispatched as one round, whose frames reach each socket in one write.
-async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<BusMessage>) {
+/// Hands each bus message of one lane to the cluster (control traffic) or the hub (events).
+/// Messages that wait together are dispatched as one round, corked: the hub decides the
+/// recipients under its locks, and each socket is written once the locks are released, with
+/// one write for all of the round's frames.
+async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut lane: mpsc::Receiver<BusMessage>) {
     const MAX_ROUND: usize = 256;
     let mut round = Vec::with_capacity(MAX_ROUND);
-    while inbox.recv_many(&mut round, MAX_ROUND).await > 0 {
-        let dispatch_all = || {
+    while lane.recv_many(&mut round, MAX_ROUND).await > 0 {
+        outbox::corked(|| {
             for message in &round {
                 if cluster.is_control(&message.topic) {
                     cluster.handle(message);
@@ -323,12 +334,7 @@ async fn dispatch(hub: Hub, cluster: Arc<Cluster>, mut inbox: mpsc::Receiver<Bus
                     hub.dispatch(message);
                 }
             }
-        };
-        if round.len() == 1 {
-            dispatch_all();
-        } else {
-            outbox::corked(dispatch_all);
-        }
+        });
         round.clear();
     }
 }

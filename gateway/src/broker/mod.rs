@@ -9,6 +9,7 @@ mod memory;
 mod redis;
 
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -91,24 +92,94 @@ pub trait Broker: Send + Sync + 'static {
     fn status(&self) -> watch::Receiver<bool>;
 }
 
-/// Where a broker hands received messages to its node: bounded, and it never waits.
+/// Where a broker hands received messages to its node: bounded, and it never waits. Messages
+/// go into one of its lanes, chosen by topic, so that each topic's messages stay in order
+/// while different topics are dispatched at once.
 #[derive(Clone)]
 pub struct BusInbox {
-    messages: mpsc::Sender<BusMessage>,
+    lanes: Arc<[mpsc::Sender<BusMessage>]>,
+    hasher: RandomState,
     dropped: IntCounter,
 }
 
 impl BusInbox {
-    /// An inbox of `capacity` messages; `dropped` counts what did not fit.
+    /// An inbox of one lane of `capacity` messages; `dropped` counts what did not fit.
     pub fn new(capacity: usize, dropped: IntCounter) -> (Self, mpsc::Receiver<BusMessage>) {
-        let (messages, rx) = mpsc::channel(capacity);
-        (Self { messages, dropped }, rx)
+        let (inbox, mut lanes) = Self::with_lanes(capacity, 1, dropped);
+        let lane = lanes.pop().unwrap_or_else(|| mpsc::channel(1).1);
+        (inbox, lane)
+    }
+
+    /// An inbox of `lanes` lanes (at least one) of `capacity` messages each.
+    pub fn with_lanes(
+        capacity: usize,
+        lanes: usize,
+        dropped: IntCounter,
+    ) -> (Self, Vec<mpsc::Receiver<BusMessage>>) {
+        let (senders, receivers): (Vec<_>, _) =
+            (0..lanes.max(1)).map(|_| mpsc::channel(capacity)).unzip();
+        let inbox = Self {
+            lanes: Arc::<[_]>::from(senders),
+            hasher: RandomState::new(),
+            dropped,
+        };
+        (inbox, receivers)
     }
 
     /// Hands a message to the node, or drops and counts it if the node is that far behind.
     pub fn deliver(&self, message: BusMessage) {
-        if self.messages.try_send(message).is_err() {
+        let lane = match self.lanes.len() {
+            1 => 0,
+            n => self.hasher.hash_one(message.topic.as_str()) as usize % n,
+        };
+        if self.lanes[lane].try_send(message).is_err() {
             self.dropped.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, n: u8) -> BusMessage {
+        BusMessage {
+            topic: topic.to_owned(),
+            payload: Bytes::from(vec![n]),
+        }
+    }
+
+    #[test]
+    fn each_topic_keeps_to_one_lane_in_order_and_topics_spread_over_lanes() {
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (inbox, mut lanes) = BusInbox::with_lanes(64, 4, dropped.clone());
+        let topics: Vec<String> = (0..32).map(|n| format!("channel:{n}")).collect();
+        for n in 0..3 {
+            for topic in &topics {
+                inbox.deliver(message(topic, n));
+            }
+        }
+        let mut seen = std::collections::HashMap::<String, (usize, Vec<u8>)>::new();
+        for (lane, receiver) in lanes.iter_mut().enumerate() {
+            while let Ok(message) = receiver.try_recv() {
+                let entry = seen.entry(message.topic).or_insert((lane, Vec::new()));
+                assert_eq!(entry.0, lane, "a topic's messages share one lane");
+                entry.1.push(message.payload[0]);
+            }
+        }
+        assert_eq!(seen.len(), topics.len());
+        assert!(seen.values().all(|(_, order)| order == &[0, 1, 2]));
+        let used: std::collections::HashSet<usize> = seen.values().map(|(lane, _)| *lane).collect();
+        assert!(used.len() > 1, "32 topics over 4 lanes use more than one");
+        assert_eq!(dropped.get(), 0);
+    }
+
+    #[test]
+    fn a_full_lane_drops_and_counts() {
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let (inbox, _lane) = BusInbox::new(1, dropped.clone());
+        inbox.deliver(message("a", 0));
+        inbox.deliver(message("a", 1));
+        assert_eq!(dropped.get(), 1);
     }
 }

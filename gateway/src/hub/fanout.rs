@@ -14,11 +14,12 @@ use std::time::{Duration, SystemTime};
 use publisher::wire::{ChannelName, Envelope, Position, Target, WireError};
 use tokio::sync::watch;
 
-use super::{Channel, Hub, State, Subscriber};
+use super::shards::Shard;
+use super::{Channel, Hub, Subscriber};
 use crate::broker::BusMessage;
 use crate::history::Page;
 use crate::metrics::{Dropped, Metrics, RecoveryResult};
-use crate::outbox::{OutFrame, Outbox, PushError};
+use crate::outbox::{self, OutFrame, Outbox, PushError};
 use crate::protocol::{self, ServerFrame};
 
 /// Events a channel may hold while it catches up before it gives up and asks for a reload.
@@ -140,20 +141,20 @@ impl Hub {
         while status.changed().await.is_ok() {
             let up = *status.borrow_and_update();
             if up && !was_up {
-                let mut state = self.state();
-                let names: Vec<ChannelName> = state
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.delivered.is_some() && c.catching_up.is_none())
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                tracing::info!(
-                    channels = names.len(),
-                    "bus is back: catching up from history"
-                );
-                for name in names {
-                    self.start_catch_up(&mut state, &name, Vec::new());
+                let mut channels = 0;
+                for mut shard in self.inner.shards.each() {
+                    let names: Vec<ChannelName> = shard
+                        .channels
+                        .iter()
+                        .filter(|(_, c)| c.delivered.is_some() && c.catching_up.is_none())
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    channels += names.len();
+                    for name in names {
+                        self.start_catch_up(&mut shard, &name, Vec::new());
+                    }
                 }
+                tracing::info!(channels, "bus is back: catching up from history");
             }
             was_up = up;
         }
@@ -174,13 +175,14 @@ impl Hub {
                 return;
             }
         };
-        let mut state = self.state();
         match &delivery.recipients {
             Recipients::Channel(name) => {
                 let name = name.clone();
-                self.deliver_to_channel(&mut state, &name, delivery);
+                let mut shard = self.inner.shards.of(&name);
+                self.deliver_to_channel(&mut shard, &name, delivery);
             }
             Recipients::ClientType(name) => {
+                let state = self.state();
                 if let Some(members) = state.client_types.get(name.as_str()) {
                     for (client_id, outbox) in &members.outboxes {
                         if !delivery.excludes(client_id) {
@@ -190,6 +192,7 @@ impl Hub {
                 }
             }
             Recipients::Broadcast => {
+                let state = self.state();
                 for (client_id, session) in &state.sessions {
                     if !delivery.excludes(client_id) {
                         push(&session.outbox, &delivery.frame, metrics, client_id);
@@ -199,9 +202,9 @@ impl Hub {
         }
     }
 
-    fn deliver_to_channel(&self, state: &mut State, name: &str, delivery: Delivery) {
+    fn deliver_to_channel(&self, shard: &mut Shard, name: &str, delivery: Delivery) {
         let metrics = &self.inner.metrics;
-        let Some(channel) = state.channels.get_mut(name) else {
+        let Some(channel) = shard.channels.get_mut(name) else {
             return;
         };
         let Some(offset) = delivery.offset else {
@@ -219,11 +222,11 @@ impl Hub {
             Some(last) if last.epoch == epoch && offset <= last.offset => return,
             Some(last) if last.epoch == epoch && offset == last.offset + 1 => last.offset = offset,
             Some(_) => {
-                let Some((name, _)) = state.channels.get_key_value(name) else {
+                let Some((name, _)) = shard.channels.get_key_value(name) else {
                     return;
                 };
                 let name = name.clone();
-                return self.start_catch_up(state, &name, vec![delivery]);
+                return self.start_catch_up(shard, &name, vec![delivery]);
             }
             None => {
                 channel.delivered = Some(Box::new(Position {
@@ -236,8 +239,8 @@ impl Hub {
     }
 
     /// Holds a channel's new events and reads what this node missed from history.
-    fn start_catch_up(&self, state: &mut State, name: &ChannelName, held: Vec<Delivery>) {
-        let Some(channel) = state.channels.get_mut(name) else {
+    fn start_catch_up(&self, shard: &mut Shard, name: &ChannelName, held: Vec<Delivery>) {
+        let Some(channel) = shard.channels.get_mut(name) else {
             return;
         };
         channel.catching_up = Some(Box::new(held));
@@ -249,7 +252,7 @@ impl Hub {
     async fn catch_up(self, name: ChannelName) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let since = match self.state().channels.get(&name) {
+            let since = match self.inner.shards.of(name.as_str()).channels.get(&name) {
                 Some(channel) => channel.delivered.as_deref().cloned(),
                 None => return,
             };
@@ -258,7 +261,7 @@ impl Hub {
                 epoch: String::new(),
             });
             match self.inner.history.read(&name, Some(since.offset)).await {
-                Ok(page) => return self.finish_catch_up(&name, &since, page),
+                Ok(page) => return outbox::corked(|| self.finish_catch_up(&name, &since, page)),
                 Err(error) => {
                     tracing::debug!(channel = %name, %error, "catch-up waits for history");
                     tokio::time::sleep(backoff).await;
@@ -270,8 +273,8 @@ impl Hub {
 
     fn finish_catch_up(&self, name: &ChannelName, since: &Position, page: Page) {
         let metrics = &self.inner.metrics;
-        let mut state = self.state();
-        let Some(channel) = state.channels.get_mut(name) else {
+        let mut shard = self.inner.shards.of(name.as_str());
+        let Some(channel) = shard.channels.get_mut(name) else {
             return;
         };
         let held = channel.catching_up.take().unwrap_or_default();
@@ -309,7 +312,7 @@ impl Hub {
             channel.delivered = Some(Box::new(page.top));
         }
         for delivery in *held {
-            self.deliver_to_channel(&mut state, name.as_str(), delivery);
+            self.deliver_to_channel(&mut shard, name.as_str(), delivery);
         }
     }
 }

@@ -71,17 +71,19 @@ impl Hub {
 
     /// This node's channels with their local subscriber counts.
     pub(crate) fn local_channels(&self) -> Vec<(String, usize)> {
-        self.state()
-            .channels
-            .iter()
-            .map(|(name, c)| (name.to_string(), c.subscribers.len()))
-            .collect()
+        let mut channels = Vec::with_capacity(self.inner.shards.channel_count());
+        for shard in self.inner.shards.each() {
+            let listed = shard.channels.iter();
+            channels.extend(listed.map(|(name, c)| (name.to_string(), c.subscribers.len())));
+        }
+        channels
     }
 
     /// This node's subscribers of `channel`.
     pub(crate) fn local_presence(&self, channel: &str) -> Vec<PresenceEntry> {
         let state = self.state();
-        let Some(entry) = state.channels.get(channel) else {
+        let shard = self.inner.shards.of(channel);
+        let Some(entry) = shard.channels.get(channel) else {
             return Vec::new();
         };
         entry

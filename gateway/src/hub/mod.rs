@@ -4,13 +4,19 @@
 //! unsubscribes when the last one leaves, so a node receives only the traffic its own clients
 //! need, and empty channels are freed. [`fanout`] delivers each bus event, decoded and encoded
 //! once per node, and keeps history channels gap-free (replays, catch-up after bus loss).
+//!
+//! Channels live in [`shards`], each behind its own lock, so that the bus's dispatch lanes fan
+//! out events of different channels at once; connections and client types are behind one more
+//! lock, taken before a shard's. Locks are held only to choose recipients and queue frames:
+//! the dispatch corks its rounds, and sockets are written once the locks are released.
 
 mod client_types;
+mod error;
 mod fanout;
 mod local;
 mod recovery;
+mod shards;
 
-use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
@@ -25,13 +31,14 @@ use publisher::wire::{
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+pub(crate) use self::error::HubError;
 pub(crate) use self::fanout::Delivery;
 pub(crate) use self::recovery::Recovery;
 use crate::broker::{Broker, BrokerError};
-use crate::history::{History, HistoryError, Policies, Published};
+use crate::history::{History, Policies, Published};
 use crate::metrics::{Dropped, Metrics};
-use crate::outbox::{OutFrame, Outbox};
-use crate::protocol::{ClientError, CloseCode, ErrorCode, ServerFrame};
+use crate::outbox::{self, OutFrame, Outbox};
+use crate::protocol::{CloseCode, ServerFrame};
 use crate::view::Transport;
 
 /// A connection's id, unique across the cluster.
@@ -49,54 +56,6 @@ pub(crate) struct Connection {
     pub outbox: Outbox,
     /// How it reaches its client.
     pub transport: Transport,
-}
-
-/// Why the hub refused a subscription or a publish.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum HubError {
-    /// The connection is not (or no longer) in the hub.
-    #[error("connection is closed")]
-    UnknownClient,
-    /// The connection is at its channel limit.
-    #[error("at most {0} channels per connection")]
-    LimitExceeded(usize),
-    /// The bus did not confirm the subscription or take the publish.
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    /// The history store failed.
-    #[error(transparent)]
-    History(#[from] HistoryError),
-}
-
-impl HubError {
-    /// Whether the node's backends failed, rather than the request being refused.
-    pub(crate) fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Broker(_) | Self::History(_))
-    }
-
-    /// What a client or an API caller is told: no store's own words.
-    pub(crate) fn public_message(&self) -> Cow<'static, str> {
-        match self {
-            Self::Broker(error) => error.public_message().into(),
-            Self::History(error) => error.public_message().into(),
-            other => other.to_string().into(),
-        }
-    }
-}
-
-/// What a client is told of a hub error; the cause of a backend failure is logged, not sent.
-impl From<&HubError> for ClientError {
-    fn from(error: &HubError) -> Self {
-        let code = match error {
-            HubError::UnknownClient => ErrorCode::Internal,
-            HubError::LimitExceeded(_) => ErrorCode::LimitExceeded,
-            HubError::Broker(_) | HubError::History(_) => {
-                tracing::warn!(%error, "request failed on the bus or history");
-                ErrorCode::Internal
-            }
-        };
-        Self::new(code, error.public_message())
-    }
 }
 
 /// How a bus subscription stands.
@@ -178,16 +137,15 @@ struct ClientTypeMembers {
     bus: BusWatch,
 }
 
+/// The connections and what is not sharded by channel. Lock order: this, then a channel's
+/// shard, then an outbox.
 #[derive(Default)]
 struct State {
     sessions: HashMap<ClientId, Session>,
-    channels: HashMap<ChannelName, Channel>,
     client_types: HashMap<ClientType, ClientTypeMembers>,
     /// The broadcast topic's subscription, held while this node has connections.
     broadcast: Option<BusWatch>,
     users: HashMap<UserId, usize>,
-    /// Subscriptions over all channels, kept as a count so gauges cost nothing to update.
-    subscriptions: usize,
 }
 
 struct Inner {
@@ -196,9 +154,11 @@ struct Inner {
     policies: Policies,
     topics: Topics,
     metrics: Arc<Metrics>,
-    // A std mutex is right here: every critical section is a few map operations and
+    // Std mutexes are right here: every critical section is a few map operations and
     // non-blocking queue pushes, and none spans an await.
     state: Mutex<State>,
+    /// The channels, each shard behind its own lock.
+    shards: shards::Shards,
     session_count: watch::Sender<usize>,
     malformed: AtomicU64,
     /// Orders the start of subscribers' holding against the issuing of history reads.
@@ -231,6 +191,7 @@ impl Hub {
                 topics,
                 metrics,
                 state: Mutex::new(State::default()),
+                shards: shards::Shards::new(),
                 session_count,
                 malformed: AtomicU64::new(0),
                 ticks: AtomicU64::new(0),
@@ -303,7 +264,7 @@ impl Hub {
             return Vec::new();
         };
         for channel in &session.channels {
-            self.leave_channel(&mut state, client_id, channel);
+            self.leave_channel(client_id, channel);
         }
         if let Some(client_type) = &session.client_type {
             self.leave_client_type(&mut state, client_id, client_type);
@@ -360,8 +321,10 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(client_id) {
                 session.channels.insert(channel.clone());
             }
-            state.subscriptions += 1;
-            let bus = match state.channels.entry(channel.clone()) {
+            let shards = &self.inner.shards;
+            shards.count_subscriptions(1);
+            let mut shard = shards.of(channel.as_str());
+            let bus = match shard.channels.entry(channel.clone()) {
                 Entry::Occupied(mut entry) => {
                     entry.get_mut().subscribers.insert(key, subscriber);
                     entry.get().bus.clone()
@@ -379,9 +342,11 @@ impl Hub {
                         delivered: None,
                         catching_up: None,
                     };
+                    shards.count_channels(1);
                     entry.insert(channel).bus.clone()
                 }
             };
+            drop(shard);
             self.update_gauges(&state);
             bus
         };
@@ -421,8 +386,8 @@ impl Hub {
     /// Forgets a channel's confirmation watch once the bus confirmed it, unless the channel was
     /// dropped and made again meanwhile (then the watch is another's).
     fn bus_confirmed(&self, name: &ChannelName, confirmation: &watch::Sender<BusState>) {
-        let mut state = self.state();
-        if let Some(channel) = state.channels.get_mut(name)
+        let mut shard = self.inner.shards.of(name.as_str());
+        if let Some(channel) = shard.channels.get_mut(name)
             && channel
                 .bus
                 .as_ref()
@@ -440,22 +405,27 @@ impl Hub {
             .get_mut(client_id)
             .is_some_and(|s| s.channels.remove(channel));
         if removed {
-            self.leave_channel(&mut state, client_id, channel);
+            self.leave_channel(client_id, channel);
             self.update_gauges(&state);
         }
         removed
     }
 
-    fn leave_channel(&self, state: &mut State, client_id: &str, channel: &ChannelName) {
-        if let Entry::Occupied(mut entry) = state.channels.entry(channel.clone()) {
+    /// Takes a connection off a channel, and drops the channel when it was the last; the
+    /// caller holds the [`State`] lock, so that no subscribe of the same connection races it.
+    fn leave_channel(&self, client_id: &str, channel: &ChannelName) {
+        let shards = &self.inner.shards;
+        let mut shard = shards.of(channel.as_str());
+        if let Entry::Occupied(mut entry) = shard.channels.entry(channel.clone()) {
             if entry.get_mut().subscribers.remove(client_id).is_some() {
-                state.subscriptions -= 1;
+                shards.count_subscriptions(-1);
             }
             if entry.get().subscribers.is_empty() {
                 entry.remove();
+                shards.count_channels(-1);
                 let topic = self.inner.topics.channel(channel.as_str());
                 self.inner.broker.unsubscribe(topic);
-                shrink_if_sparse(&mut state.channels);
+                shrink_if_sparse(&mut shard.channels);
             } else {
                 shrink_if_sparse(&mut entry.get_mut().subscribers);
             }
@@ -466,8 +436,11 @@ impl Hub {
         let metrics = &self.inner.metrics;
         metrics.connections.set(gauge_value(state.sessions.len()));
         metrics.users.set(gauge_value(state.users.len()));
-        metrics.channels.set(gauge_value(state.channels.len()));
-        metrics.subscriptions.set(gauge_value(state.subscriptions));
+        let shards = &self.inner.shards;
+        metrics.channels.set(gauge_value(shards.channel_count()));
+        metrics
+            .subscriptions
+            .set(gauge_value(shards.subscription_count()));
         self.inner.session_count.send_replace(state.sessions.len());
     }
 
@@ -532,6 +505,11 @@ impl Hub {
     /// Tells every connection to reconnect elsewhere after a jittered delay of at most
     /// `reconnect_max`, then closes it with 4200. Returns how many were told.
     pub(crate) fn drain(&self, reconnect_max: Duration) -> usize {
+        // Corked: the frames are written once the lock is released.
+        outbox::corked(|| self.tell_to_reconnect(reconnect_max))
+    }
+
+    fn tell_to_reconnect(&self, reconnect_max: Duration) -> usize {
         let state = self.state();
         let max_ms = u64::try_from(reconnect_max.as_millis()).unwrap_or(u64::MAX);
         for session in state.sessions.values() {

@@ -81,7 +81,9 @@ impl Hub {
         since: Option<u64>,
     ) -> Result<Arc<Page>, Arc<HistoryError>> {
         let holding_since = self
-            .state()
+            .inner
+            .shards
+            .of(channel.as_str())
             .channels
             .get(channel)
             .and_then(|c| c.subscribers.get(client_id))
@@ -186,8 +188,8 @@ impl Hub {
             offset: 0,
             epoch: String::new(),
         });
-        let mut state = self.state();
-        let Some(entry) = state.channels.get_mut(channel) else {
+        let mut shard = self.inner.shards.of(channel.as_str());
+        let Some(entry) = shard.channels.get_mut(channel) else {
             return;
         };
         if entry.delivered.is_none() && entry.catching_up.is_none() && recovery.top.is_some() {

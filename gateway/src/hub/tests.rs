@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use publisher::wire::{ChannelName, EventName, Position, Target, Topics, UserId};
+use publisher::wire::{
+    ChannelName, Envelope, EventName, Position, Target, Topics, UserId, timestamp_now,
+};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::{DuplexStream, duplex};
@@ -19,7 +21,9 @@ use tungstenite::Message;
 use tungstenite::protocol::Role;
 
 use super::{ClientId, Connection, Hub, HubError, Recovery};
-use crate::broker::{BoxFuture, Broker, BrokerError, BusInbox, MemoryBroker, MemoryBus};
+use crate::broker::{
+    BoxFuture, Broker, BrokerError, BusInbox, BusMessage, MemoryBroker, MemoryBus,
+};
 use crate::cluster::{Cluster, Registry};
 use crate::config::{Args, Config};
 use crate::history::{MemoryHistory, Policies};
@@ -114,7 +118,8 @@ impl TestNode {
         let dropped = metrics
             .messages_dropped
             .with_label_values(&[Dropped::BusBacklog.label()]);
-        let (inbox, messages) = BusInbox::new(crate::BUS_INBOX_CAPACITY, dropped);
+        // Two lanes, as on a two-core node: each channel's events keep to one.
+        let (inbox, lanes) = BusInbox::with_lanes(crate::BUS_INBOX_CAPACITY, 2, dropped);
         let broker = Arc::new(RecordingBroker {
             inner: bus.broker(inbox),
             calls: Mutex::default(),
@@ -137,7 +142,10 @@ impl TestNode {
             config.namespaces.clone(),
             config.node_lease,
         );
-        tokio::spawn(crate::dispatch(hub.clone(), Arc::new(cluster), messages));
+        let cluster = Arc::new(cluster);
+        for lane in lanes {
+            tokio::spawn(crate::dispatch(hub.clone(), Arc::clone(&cluster), lane));
+        }
         Self {
             hub,
             broker,
@@ -496,6 +504,38 @@ async fn a_fast_reader_is_not_closed_by_a_burst_dispatched_in_one_round() {
     for n in 0..40 {
         assert_eq!(fast.recv_json().await["data"]["n"], n);
     }
+}
+
+#[tokio::test]
+async fn a_fan_out_writes_the_sockets_after_the_hub_released_its_locks() {
+    let node = TestNode::start();
+    let mut peer = node.connect("reader").await;
+    node.join(&peer, "chat:1", None).await;
+    let data = serde_json::value::to_raw_value(&json!({"n": 1})).unwrap();
+    let envelope = Envelope::new(
+        Target::Channel("chat:1"),
+        "job_progress",
+        Some(&data),
+        None,
+        timestamp_now().into(),
+    );
+    let message = BusMessage {
+        topic: node.topics.channel("chat:1"),
+        payload: envelope.encode().into(),
+    };
+    crate::outbox::corked(|| {
+        node.hub.dispatch(&message);
+        assert!(peer.outbox.queued_bytes() > 0, "queued, not written");
+        // Every lock of the hub is free while the frame waits for the round's end.
+        assert_eq!(node.hub.local_channels().len(), 2);
+        assert!(node.hub.local_presence("chat:1").len() == 1);
+    });
+    assert_eq!(
+        peer.outbox.queued_bytes(),
+        0,
+        "written when the round ended"
+    );
+    assert_eq!(peer.recv_json().await["data"]["n"], 1);
 }
 
 #[test]

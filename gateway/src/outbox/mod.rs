@@ -42,17 +42,36 @@ thread_local! {
     static CORKED: RefCell<Option<Vec<Outbox>>> = const { RefCell::new(None) };
 }
 
+/// Sockets a corked round must have written before the writes are split across the
+/// runtime's worker threads: below it, a spawn costs more than the cores it frees.
+const SPLIT_ABOVE: usize = 512;
+
 /// Runs `f` with writes corked: frames pushed meanwhile are queued, and each socket that got
 /// any is written once, with one vectored write, when `f` returns. A fan-out of many events
-/// at once then costs one write per socket rather than one per frame.
+/// at once then costs one write per socket rather than one per frame, and the writes happen
+/// after `f` released whatever locks it took to choose the recipients.
 pub(crate) fn corked<T>(f: impl FnOnce() -> T) -> T {
     let outer = CORKED.with(|corked| corked.borrow_mut().replace(Vec::new()));
     let result = f();
     let touched = CORKED.with(|corked| std::mem::replace(&mut *corked.borrow_mut(), outer));
-    for outbox in touched.unwrap_or_default() {
-        outbox.uncork();
-    }
+    write_out(touched.unwrap_or_default());
     result
+}
+
+/// Writes what a corked round queued. A round that touched many sockets is split among the
+/// runtime's worker threads, so that one hot event is written by every core at once; each
+/// socket's frames stay in order, since they are queued in order before any write.
+fn write_out(mut touched: Vec<Outbox>) {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let workers = runtime.as_ref().map_or(1, |r| r.metrics().num_workers());
+    if let Some(runtime) = runtime.filter(|_| workers > 1 && touched.len() >= SPLIT_ABOVE) {
+        let share = touched.len().div_ceil(workers);
+        while touched.len() > share {
+            let part = touched.split_off(touched.len() - share);
+            runtime.spawn(async move { part.iter().for_each(Outbox::uncork) });
+        }
+    }
+    touched.iter().for_each(Outbox::uncork);
 }
 
 /// Records `outbox` for the current [`corked`] round; `false` when no round is running.
@@ -102,12 +121,36 @@ struct Socket {
     held: bool,
     /// A write failed: the connection is dead.
     broken: bool,
+    /// A frame of a [`corked`] round, written when the round ends (or by an earlier drain),
+    /// ahead of the backlog. Not in the backlog, so that the common case, one frame to an
+    /// idle socket, costs no allocation.
+    corked: Option<Queued>,
 }
 
 impl Socket {
     /// Whether a frame may go straight to the socket.
     fn is_idle(&self) -> bool {
-        !self.held && !self.unflushed && self.backlog.is_empty()
+        !self.held && !self.unflushed && self.backlog.is_empty() && self.corked.is_none()
+    }
+
+    /// Writes a frame to an idle socket, and queues what the socket does not take now.
+    /// `Ok(true)` when the session must be woken to finish the write.
+    fn write_idle(&mut self, mut queued: Queued, metrics: &Metrics) -> io::Result<bool> {
+        // The session is not waiting on this socket's writability while it has no backlog,
+        // so no waker is needed here; a backlog wakes the session.
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = self.write_now(&mut cx, &queued.bytes)?;
+        if written == queued.bytes.len() {
+            if queued.counted {
+                metrics.messages_sent.inc();
+                observe_latency(metrics, queued.published_at, SystemTime::now());
+            }
+            return Ok(self.unflushed);
+        }
+        queued.bytes.advance(written);
+        self.front_started = written > 0;
+        self.enqueue(queued, metrics);
+        Ok(true)
     }
 
     /// Writes as much of `bytes` as the socket takes now; `Ok(0)` when it takes nothing.
@@ -146,6 +189,16 @@ impl Socket {
         }
     }
 
+    /// Puts the corked frame, if any, at the head of the backlog, for a drain to write.
+    fn backlog_corked(&mut self, metrics: &Metrics) {
+        if let Some(queued) = self.corked.take() {
+            let len = queued.bytes.len();
+            self.backlog_bytes += len;
+            metrics.outbox_bytes.add(gauge_bytes(len));
+            self.backlog.push_front(queued);
+        }
+    }
+
     fn enqueue(&mut self, queued: Queued, metrics: &Metrics) {
         let len = queued.bytes.len();
         self.backlog_bytes += len;
@@ -159,6 +212,9 @@ impl Socket {
         if self.broken {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        // A corked frame goes ahead of what queued behind it; a drain before the round ends
+        // writes it, and the round then has nothing left to do.
+        self.backlog_corked(metrics);
         if self.held {
             return Poll::Ready(Ok(()));
         }
@@ -166,13 +222,20 @@ impl Socket {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         };
         while !self.backlog.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .backlog
-                .iter()
-                .take(MAX_BATCH)
-                .map(|q| IoSlice::new(&q.bytes))
-                .collect();
-            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+            let poll = match self.backlog.len() {
+                // One frame goes with `write`: the kernel's `writev` costs more.
+                1 => Pin::new(&mut *io).poll_write(cx, &self.backlog[0].bytes),
+                _ => {
+                    let slices: Vec<IoSlice<'_>> = self
+                        .backlog
+                        .iter()
+                        .take(MAX_BATCH)
+                        .map(|q| IoSlice::new(&q.bytes))
+                        .collect();
+                    Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+                }
+            };
+            let written = match ready!(poll) {
                 Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
                 other => other,
             };
@@ -312,6 +375,7 @@ impl Outbox {
                     unflushed: false,
                     held: true,
                     broken: false,
+                    corked: None,
                 }),
                 metrics,
                 limit: limit_bytes,
@@ -340,40 +404,34 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let wire = frame.wire(shared.encoding);
-        let mut rest = wire.clone();
-        // Corked, an idle socket's frame is written when the round ends; until then, later
-        // frames queue behind this one, and nobody needs waking.
-        let corked = socket.is_idle() && cork(self);
-        let mut polled_without_waker = false;
-        if !corked && socket.is_idle() {
-            // The session is not waiting on this socket's writability while it has no
-            // backlog, so no waker is needed here; a backlog wakes the session below.
-            let mut cx = Context::from_waker(Waker::noop());
-            match socket.write_now(&mut cx, wire) {
-                Ok(n) if n == wire.len() => {
-                    if counted {
-                        metrics.messages_sent.inc();
-                        observe_latency(metrics, frame.published_at, SystemTime::now());
-                    }
-                    if socket.unflushed {
-                        drop(socket);
-                        shared.backlog.notify_one();
-                    }
-                    return Ok(());
-                }
-                Ok(n) => {
-                    rest.advance(n);
-                    socket.front_started = n > 0;
-                }
-                Err(_) => {
-                    socket.broken = true;
-                    drop(socket);
-                    // The session ends the connection when it sees the failure.
-                    shared.backlog.notify_one();
-                    return Err(PushError::Closed);
-                }
+        let queued = Queued {
+            bytes: wire.clone(),
+            counted,
+            published_at: frame.published_at,
+        };
+        if socket.is_idle() {
+            // Corked, an idle socket's frame is written when the round ends; until then, later
+            // frames queue behind it, and nobody needs waking.
+            if cork(self) {
+                socket.corked = Some(queued);
+                return Ok(());
             }
-        } else if !corked && socket.backlog_bytes + wire.len() > shared.limit {
+            let wake = socket.write_idle(queued, metrics);
+            let broken = wake.is_err();
+            socket.broken |= broken;
+            drop(socket);
+            if wake.unwrap_or(true) {
+                // To finish the write, or to end the connection on the failure.
+                shared.backlog.notify_one();
+            }
+            return if broken {
+                Err(PushError::Closed)
+            } else {
+                Ok(())
+            };
+        }
+        let mut polled_without_waker = false;
+        if socket.backlog_bytes + wire.len() > shared.limit {
             // The backlog may be a corked round's, not yet offered to the socket: only what
             // the socket will not take now makes a slow consumer.
             let drained = socket.try_drain(metrics);
@@ -389,16 +447,11 @@ impl Outbox {
             }
         }
         // Woken for a backlog that starts now, or one a drain above left (it polled the socket
-        // without the session's waker).
-        let wake = !corked && !socket.held && (socket.backlog.is_empty() || polled_without_waker);
-        socket.enqueue(
-            Queued {
-                bytes: rest,
-                counted,
-                published_at: frame.published_at,
-            },
-            metrics,
-        );
+        // without the session's waker); a corked frame's round wakes it when it ends.
+        let wake = socket.corked.is_none()
+            && !socket.held
+            && (socket.backlog.is_empty() || polled_without_waker);
+        socket.enqueue(queued, metrics);
         drop(socket);
         if wake {
             shared.backlog.notify_one();
@@ -412,16 +465,31 @@ impl Outbox {
         let _ = self.send(&PING, false);
     }
 
-    /// Writes what a [`corked`] round queued, as far as the socket takes it now; the session
-    /// drains the rest.
+    /// Writes the frame a [`corked`] round left, and what queued behind it, as far as the
+    /// socket takes them now; the session drains the rest.
     fn uncork(&self) {
-        let mut socket = self.shared.socket();
-        let mut cx = Context::from_waker(Waker::noop());
-        let drained = unbudgeted(|| socket.poll_drain(&mut cx, &self.shared.metrics));
-        let wake = !matches!(drained, Poll::Ready(Ok(()))) || !socket.backlog.is_empty();
+        let shared = &*self.shared;
+        let metrics = &*shared.metrics;
+        let mut socket = shared.socket();
+        if socket.corked.is_none() || socket.broken || socket.io.is_none() {
+            // Written already by a drain that made room, or the connection is gone.
+            return;
+        }
+        let alone = !socket.held && !socket.unflushed && socket.backlog.is_empty();
+        let wake = if let Some(queued) = socket.corked.take_if(|_| alone) {
+            let wake = socket.write_idle(queued, metrics);
+            socket.broken |= wake.is_err();
+            wake.unwrap_or(true)
+        } else {
+            // Held, or later frames queued behind it: it goes ahead of them.
+            socket.backlog_corked(metrics);
+            let mut cx = Context::from_waker(Waker::noop());
+            let drained = unbudgeted(|| socket.poll_drain(&mut cx, metrics));
+            !matches!(drained, Poll::Ready(Ok(()))) || !socket.backlog.is_empty()
+        };
         drop(socket);
         if wake {
-            self.shared.backlog.notify_one();
+            shared.backlog.notify_one();
         }
     }
 
@@ -488,7 +556,8 @@ impl Outbox {
 
     /// Bytes queued and not yet handed to the socket.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.shared.socket().backlog_bytes
+        let socket = self.shared.socket();
+        socket.backlog_bytes + socket.corked.as_ref().map_or(0, |q| q.bytes.len())
     }
 
     /// Resolves when there may be a backlog to drain (or a failed write to notice).

@@ -197,3 +197,40 @@ fn a_frame_is_compressed_once_per_format_and_only_from_the_minimum_size() {
     };
     assert_eq!(&ping.wire(always)[..], &[0x89, 0x00]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_on_many_sockets_is_split_among_workers_and_keeps_each_sockets_order() {
+    let (outboxes, peers): (Vec<_>, Vec<_>) = (0..SPLIT_ABOVE * 2)
+        .map(|_| {
+            let (outbox, peer, _) = outbox(4096, 4096);
+            (outbox, peer)
+        })
+        .unzip();
+    let words = ["one", "two", "six"];
+    for word in words {
+        let frame = OutFrame::reply(word);
+        corked(|| {
+            for outbox in &outboxes {
+                outbox.push(&frame).unwrap();
+            }
+        });
+    }
+    let expected: Vec<u8> = words
+        .iter()
+        .flat_map(|word| text_frame(word.as_bytes()).to_vec())
+        .collect();
+    let readers: Vec<_> = peers
+        .into_iter()
+        .map(|mut peer| {
+            let expected = expected.clone();
+            tokio::spawn(async move { read_exactly(&mut peer, expected.len()).await == expected })
+        })
+        .collect();
+    for reader in readers {
+        assert!(
+            reader.await.unwrap(),
+            "every socket gets its frames whole and in order"
+        );
+    }
+    assert!(outboxes.iter().all(|outbox| outbox.queued_bytes() == 0));
+}
