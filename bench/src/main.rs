@@ -8,7 +8,7 @@
 //! cargo run --release -p bench -- idle            # or hot-channel, many-channels, storm,
 //! cargo run --release -p bench -- idle --smoke    #    slow-consumers, publisher,
 //!                                                 #    socket-floor, fallback, soak,
-//!                                                 #    encodings, all
+//!                                                 #    encodings, scaling, all
 //! ```
 //!
 //! Layout: `procs` (Redis, gateways, cleanup), `fleet` and `worker` (client processes and
@@ -45,6 +45,7 @@ use crate::scenarios::hot::HotArgs;
 use crate::scenarios::idle::IdleArgs;
 use crate::scenarios::many::ManyArgs;
 use crate::scenarios::publish::PublishArgs;
+use crate::scenarios::scaling::ScalingArgs;
 use crate::scenarios::slow::SlowArgs;
 use crate::scenarios::soak::SoakArgs;
 use crate::scenarios::storm::StormArgs;
@@ -102,6 +103,10 @@ enum Scenario {
     /// 10. Encodings: bytes on the wire and gateway CPU per delivery for JSON, MessagePack
     ///     and each with permessage-deflate, at 100-byte and 4 KiB events.
     Encodings(EncodingsArgs),
+    /// 11. Scaling: one gateway at each worker thread count, a hot channel and many channels
+    ///     at rising rates; the highest rate under the p99 bound, deliveries and gateway
+    ///     cores at saturation, the speed-ups.
+    Scaling(ScalingArgs),
     /// Every scenario in turn, each with its defaults.
     All,
     /// (internal) A client worker process; the driver starts these itself.
@@ -180,6 +185,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Scenario::Fallback(args) => vec![scenarios::fallback::run(&bench, args).await?],
         Scenario::Soak(args) => vec![scenarios::soak::run(&bench, args).await?],
         Scenario::Encodings(args) => vec![scenarios::encodings::run(&bench, args).await?],
+        Scenario::Scaling(args) => vec![scenarios::scaling::run(&bench, args).await?],
         Scenario::All => run_all(&bench, cli.json).await?,
         Scenario::Worker { .. } => Vec::new(),
     };
@@ -222,6 +228,7 @@ async fn run_all(bench: &Bench, json: bool) -> Result<Vec<Report>> {
     done(scenarios::fallback::run(bench, &defaults()?).await?);
     done(scenarios::soak::run(bench, &defaults()?).await?);
     done(scenarios::encodings::run(bench, &defaults()?).await?);
+    done(scenarios::scaling::run(bench, &defaults()?).await?);
     Ok(reports)
 }
 

@@ -16,6 +16,8 @@ pub(crate) enum Unit {
     Ratio,
     Percent,
     CpuSeconds,
+    /// CPU-seconds per wall second: how many cores a process kept busy.
+    Cores,
 }
 
 impl Unit {
@@ -39,6 +41,7 @@ impl Unit {
             Self::Ratio => format!("{value:.2}×"),
             Self::Percent => format!("{value:.1} %"),
             Self::CpuSeconds => format!("{value:.3} CPU-s"),
+            Self::Cores => format!("{value:.2} cores"),
         }
     }
 }
@@ -291,6 +294,7 @@ mod tests {
         assert_eq!(thousands(999.0), "999");
         assert_eq!(Unit::Bytes.show(4096.0), "4.00 KiB");
         assert_eq!(Unit::PerSecond.show(12000.0), "12,000 /s");
+        assert_eq!(Unit::Cores.show(1.456), "1.46 cores");
     }
 
     #[test]

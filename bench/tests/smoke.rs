@@ -229,3 +229,33 @@ fn encodings() {
         ],
     );
 }
+
+/// Through `--json`: every shape at both thread counts has its rows and delivered something.
+#[test]
+fn scaling() {
+    let out = smoke(&["scaling", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(report["scenario"], "scaling");
+    let figures = report["figures"].as_array().expect("figures");
+    let value = |figure: &str| {
+        figures
+            .iter()
+            .find(|f| f["figure"] == figure)
+            .unwrap_or_else(|| panic!("no {figure:?} in {report}"))["value"]
+            .as_f64()
+    };
+    for (shape, limit) in [("hot-channel", 250), ("many-channels", 50)] {
+        for threads in ["1 thread", "2 threads"] {
+            let cell = format!("{shape} @ {threads}");
+            value(&format!("{cell}: highest rate with p99 < {limit} ms"));
+            value(&format!("{cell}: gateway cores used at saturation"));
+            value(&format!("{cell}: p99 at saturation"));
+            let delivered = value(&format!("{cell}: saturated delivered"));
+            assert!(
+                delivered.is_some_and(|d| d > 0.0),
+                "{cell} delivered nothing: {report}"
+            );
+        }
+        value(&format!("{shape}: speed-up 2 threads vs 1"));
+    }
+}

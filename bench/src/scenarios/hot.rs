@@ -11,8 +11,8 @@ use super::{Bench, gateway_cpu, latency_rows, progress};
 use crate::fleet::{Fleet, histogram_of};
 use crate::load;
 use crate::measure::Latency;
-use crate::plan::Spread;
-use crate::procs::Redis;
+use crate::plan::{Plan, Spread};
+use crate::procs::{Gateway, Redis};
 use crate::report::{Report, Target, Unit, thousands};
 
 /// Options of the hot-channel scenario.
@@ -40,7 +40,24 @@ pub(crate) struct HotArgs {
 }
 
 const LABEL: &str = "hot-channel";
-const CHANNEL: &str = "hot";
+/// The channel every subscriber is on.
+pub(super) const CHANNEL: &str = "hot";
+
+/// A plan for `subscribers` clients spread over `gateways`, all on [`CHANNEL`].
+pub(super) fn plan(bench: &Bench, gateways: &[Gateway], subscribers: usize) -> Plan {
+    let mut plan = bench.fleet.plan(
+        gateways.iter().map(|g| g.ws_url()).collect(),
+        Spread::RoundRobin,
+        subscribers,
+    );
+    plan.channels = vec![CHANNEL.into()];
+    plan
+}
+
+/// Whether a rate kept up: its p99 under `p99_limit_ms` and at least 99 % delivered.
+pub(super) fn keeps_up(latency: Option<Latency>, delivered_ratio: f64, p99_limit_ms: f64) -> bool {
+    latency.is_some_and(|l| l.p99_ms < p99_limit_ms) && delivered_ratio >= 0.99
+}
 
 /// One rate's figures.
 struct Step {
@@ -71,12 +88,7 @@ pub(crate) async fn run(bench: &Bench, args: &HotArgs) -> Result<Report> {
 
     let redis = Redis::start().await?;
     let gateways = bench.gateways(&redis, replicas, LABEL, |spec| spec).await?;
-    let mut plan = bench.fleet.plan(
-        gateways.iter().map(|g| g.ws_url()).collect(),
-        Spread::RoundRobin,
-        subscribers,
-    );
-    plan.channels = vec![CHANNEL.into()];
+    let plan = plan(bench, &gateways, subscribers);
     let mut fleet = Fleet::start(LABEL, &bench.fleet, &plan).await?;
     let connected = fleet.connect().await?;
     let publisher = Publisher::connect(&redis.url())?;
@@ -131,7 +143,7 @@ pub(crate) async fn run(bench: &Bench, args: &HotArgs) -> Result<Report> {
                 result.cpu_per_million
             ),
         );
-        let keeps_up = p99 < args.p99_limit_ms && result.delivered_ratio >= 0.99;
+        let keeps_up = keeps_up(result.latency, result.delivered_ratio, args.p99_limit_ms);
         steps.push(result);
         if !keeps_up {
             break;
@@ -192,7 +204,7 @@ pub(crate) async fn run(bench: &Bench, args: &HotArgs) -> Result<Report> {
 fn summary(report: &mut Report, steps: &[Step], p99_limit_ms: f64) {
     let passing = steps
         .iter()
-        .filter(|s| s.latency.is_some_and(|l| l.p99_ms < p99_limit_ms) && s.delivered_ratio >= 0.99)
+        .filter(|s| keeps_up(s.latency, s.delivered_ratio, p99_limit_ms))
         .max_by(|a, b| a.rate.total_cmp(&b.rate));
     match passing {
         Some(best) => {

@@ -12,7 +12,7 @@ use crate::fleet::{Fleet, histogram_of};
 use crate::load;
 use crate::measure::{Latency, redis_cpu_seconds};
 use crate::plan::{Plan, Spread};
-use crate::procs::Redis;
+use crate::procs::{Gateway, Redis};
 use crate::report::{Report, Target, Unit};
 
 /// Options of the many-channels scenario.
@@ -39,6 +39,44 @@ pub(crate) struct ManyArgs {
 }
 
 const LABEL: &str = "many-channels";
+/// The prefix of the group channels' names.
+const GROUP_PREFIX: &str = "grp-";
+
+/// A plan for `n` clients spread over `gateways`, each on its personal channel and on a group
+/// channel of `group_size` clients.
+pub(super) fn plan(bench: &Bench, gateways: &[Gateway], n: usize, group_size: usize) -> Plan {
+    let mut plan = bench.fleet.plan(
+        gateways.iter().map(|g| g.ws_url()).collect(),
+        Spread::RoundRobin,
+        n,
+    );
+    plan.group_size = group_size;
+    plan.group_prefix = GROUP_PREFIX.into();
+    plan
+}
+
+/// Every channel of [`plan`]'s clients with its subscribers: a personal channel per client, a
+/// group per `group_size` clients.
+pub(super) fn channels(n: usize, group_size: usize) -> Vec<(String, u64)> {
+    let mut channels: Vec<(String, u64)> =
+        (0..n).map(|i| (format!("#{}", Plan::user(i)), 1)).collect();
+    let groups = n.div_ceil(group_size);
+    for g in 0..groups {
+        let members = group_size.min(n - g * group_size);
+        channels.push((format!("{GROUP_PREFIX}{g}"), members as u64));
+    }
+    channels
+}
+
+/// Subscribers per channel, on average over `channels`.
+pub(super) fn mean_fanout(channels: &[(String, u64)]) -> f64 {
+    channels.iter().map(|c| c.1).sum::<u64>() as f64 / channels.len().max(1) as f64
+}
+
+/// One of `channels`, chosen at random, with its subscribers.
+pub(super) fn random_channel(channels: &[(String, u64)]) -> (String, u64) {
+    channels[rand::random_range(0..channels.len())].clone()
+}
 
 pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
     let n = bench.pick(args.connections, 10_000, 200);
@@ -53,28 +91,12 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
 
     let redis = Redis::start().await?;
     let gateways = bench.gateways(&redis, replicas, LABEL, |spec| spec).await?;
-    let mut plan = bench.fleet.plan(
-        gateways.iter().map(|g| g.ws_url()).collect(),
-        Spread::RoundRobin,
-        n,
-    );
-    plan.group_size = group_size;
-    plan.group_prefix = "grp-".into();
+    let plan = plan(bench, &gateways, n, group_size);
     let mut fleet = Fleet::start(LABEL, &bench.fleet, &plan).await?;
     let connected = fleet.connect().await?;
 
-    // Every channel with its subscribers: a personal channel per client, a group per
-    // `group_size` clients.
-    let mut channels: Vec<(String, u64)> =
-        (0..n).map(|i| (format!("#{}", Plan::user(i)), 1)).collect();
-    let groups = n.div_ceil(group_size);
-    for g in 0..groups {
-        let members = group_size.min(n - g * group_size);
-        channels.push((format!("grp-{g}"), members as u64));
-    }
-    let mean_fanout =
-        channels.iter().map(|c| c.1).sum::<u64>() as f64 / channels.len().max(1) as f64;
-    let events_per_s = rate / mean_fanout;
+    let channels = channels(n, group_size);
+    let events_per_s = rate / mean_fanout(&channels);
     progress(
         LABEL,
         &format!(
@@ -95,10 +117,7 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         duration,
         args.event_bytes,
         Some(LABEL),
-        || {
-            let k = rand::random_range(0..channels.len());
-            channels[k].clone()
-        },
+        || random_channel(&channels),
     )
     .await?;
     let redis_cpu = redis_cpu_seconds(&redis.url()).await? - redis_before;

@@ -7,6 +7,7 @@ pub(crate) mod hot;
 pub(crate) mod idle;
 pub(crate) mod many;
 pub(crate) mod publish;
+pub(crate) mod scaling;
 pub(crate) mod slow;
 pub(crate) mod soak;
 pub(crate) mod storm;
