@@ -13,10 +13,12 @@
 //! socket with tungstenite ([`SocketIo`]), whose own writes (pongs, pings, the close frame) take
 //! the same path, so every frame reaches the socket whole and in order.
 
+mod cork;
 mod frame;
 
+use self::cork::cork;
+pub(crate) use self::cork::corked;
 pub(crate) use self::frame::OutFrame;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -36,54 +38,6 @@ use crate::protocol::{CloseCode, Encoding};
 
 /// Queued entries written with one vectored write at most.
 const MAX_BATCH: usize = 64;
-
-thread_local! {
-    /// While [`corked`] runs on this thread: the outboxes that got frames, to write at its end.
-    static CORKED: RefCell<Option<Vec<Outbox>>> = const { RefCell::new(None) };
-}
-
-/// Sockets a corked round must have written before the writes are split across the
-/// runtime's worker threads: below it, a spawn costs more than the cores it frees.
-const SPLIT_ABOVE: usize = 512;
-
-/// Runs `f` with writes corked: frames pushed meanwhile are queued, and each socket that got
-/// any is written once, with one vectored write, when `f` returns. A fan-out of many events
-/// at once then costs one write per socket rather than one per frame, and the writes happen
-/// after `f` released whatever locks it took to choose the recipients.
-pub(crate) fn corked<T>(f: impl FnOnce() -> T) -> T {
-    let outer = CORKED.with(|corked| corked.borrow_mut().replace(Vec::new()));
-    let result = f();
-    let touched = CORKED.with(|corked| std::mem::replace(&mut *corked.borrow_mut(), outer));
-    write_out(touched.unwrap_or_default());
-    result
-}
-
-/// Writes what a corked round queued. A round that touched many sockets is split among the
-/// runtime's worker threads, so that one hot event is written by every core at once; each
-/// socket's frames stay in order, since they are queued in order before any write.
-fn write_out(mut touched: Vec<Outbox>) {
-    let runtime = tokio::runtime::Handle::try_current().ok();
-    let workers = runtime.as_ref().map_or(1, |r| r.metrics().num_workers());
-    if let Some(runtime) = runtime.filter(|_| workers > 1 && touched.len() >= SPLIT_ABOVE) {
-        let share = touched.len().div_ceil(workers);
-        while touched.len() > share {
-            let part = touched.split_off(touched.len() - share);
-            runtime.spawn(async move { part.iter().for_each(Outbox::uncork) });
-        }
-    }
-    touched.iter().for_each(Outbox::uncork);
-}
-
-/// Records `outbox` for the current [`corked`] round; `false` when no round is running.
-fn cork(outbox: &Outbox) -> bool {
-    CORKED.with(|corked| match corked.borrow_mut().as_mut() {
-        Some(touched) => {
-            touched.push(outbox.clone());
-            true
-        }
-        None => false,
-    })
-}
 
 /// What a connection's socket must be: any byte stream (TCP, TLS).
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -135,15 +89,20 @@ impl Socket {
 
     /// Writes a frame to an idle socket, and queues what the socket does not take now.
     /// `Ok(true)` when the session must be woken to finish the write.
-    fn write_idle(&mut self, mut queued: Queued, metrics: &Metrics) -> io::Result<bool> {
+    /// `sent` is told of a counted frame written whole.
+    fn write_idle(
+        &mut self,
+        mut queued: Queued,
+        metrics: &Metrics,
+        sent: impl FnOnce(Option<SystemTime>),
+    ) -> io::Result<bool> {
         // The session is not waiting on this socket's writability while it has no backlog,
         // so no waker is needed here; a backlog wakes the session.
         let mut cx = Context::from_waker(Waker::noop());
         let written = self.write_now(&mut cx, &queued.bytes)?;
         if written == queued.bytes.len() {
             if queued.counted {
-                metrics.messages_sent.inc();
-                observe_latency(metrics, queued.published_at, SystemTime::now());
+                sent(queued.published_at);
             }
             return Ok(self.unflushed);
         }
@@ -416,7 +375,10 @@ impl Outbox {
                 socket.corked = Some(queued);
                 return Ok(());
             }
-            let wake = socket.write_idle(queued, metrics);
+            let wake = socket.write_idle(queued, metrics, |published_at| {
+                metrics.messages_sent.inc();
+                observe_latency(metrics, published_at, SystemTime::now());
+            });
             let broken = wake.is_err();
             socket.broken |= broken;
             drop(socket);
@@ -463,34 +425,6 @@ impl Outbox {
     pub(crate) fn ping(&self) {
         static PING: OutFrame = OutFrame::control(&[0x89, 0x00]);
         let _ = self.send(&PING, false);
-    }
-
-    /// Writes the frame a [`corked`] round left, and what queued behind it, as far as the
-    /// socket takes them now; the session drains the rest.
-    fn uncork(&self) {
-        let shared = &*self.shared;
-        let metrics = &*shared.metrics;
-        let mut socket = shared.socket();
-        if socket.corked.is_none() || socket.broken || socket.io.is_none() {
-            // Written already by a drain that made room, or the connection is gone.
-            return;
-        }
-        let alone = !socket.held && !socket.unflushed && socket.backlog.is_empty();
-        let wake = if let Some(queued) = socket.corked.take_if(|_| alone) {
-            let wake = socket.write_idle(queued, metrics);
-            socket.broken |= wake.is_err();
-            wake.unwrap_or(true)
-        } else {
-            // Held, or later frames queued behind it: it goes ahead of them.
-            socket.backlog_corked(metrics);
-            let mut cx = Context::from_waker(Waker::noop());
-            let drained = unbudgeted(|| socket.poll_drain(&mut cx, metrics));
-            !matches!(drained, Poll::Ready(Ok(()))) || !socket.backlog.is_empty()
-        };
-        drop(socket);
-        if wake {
-            shared.backlog.notify_one();
-        }
     }
 
     /// Puts a frame ahead of everything queued while the connection is held (the session's

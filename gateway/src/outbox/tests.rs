@@ -2,6 +2,7 @@ use std::future::poll_fn;
 
 use tokio::io::{AsyncReadExt, DuplexStream, duplex};
 
+use super::cork::SPLIT_ABOVE;
 use super::frame::text_frame;
 use super::*;
 use crate::protocol::Format;
@@ -233,4 +234,42 @@ async fn a_round_on_many_sockets_is_split_among_workers_and_keeps_each_sockets_o
         );
     }
     assert!(outboxes.iter().all(|outbox| outbox.queued_bytes() == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_round_counts_every_frame_sent_and_its_latency_once() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let (outboxes, mut peers): (Vec<_>, Vec<_>) = (0..SPLIT_ABOVE + 100)
+        .map(|_| {
+            let (ours, theirs) = duplex(4096);
+            let outbox = Outbox::new(ours, 4096, Arc::clone(&metrics), Encoding::default());
+            outbox.release();
+            (outbox, theirs)
+        })
+        .unzip();
+    let published_at = SystemTime::now() - std::time::Duration::from_secs(1);
+    let frame = OutFrame::event("{}", Some(published_at));
+    corked(|| {
+        outboxes
+            .iter()
+            .for_each(|outbox| outbox.push(&frame).unwrap())
+    });
+    for peer in &mut peers {
+        assert_eq!(read_exactly(peer, 4).await, b"\x81\x02{}");
+    }
+    let sockets = outboxes.len() as u64;
+    // The last part adds its tally once all its writes are done, just after its peers read.
+    for _ in 0..100 {
+        if metrics.messages_sent.get() == sockets {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(metrics.messages_sent.get(), sockets);
+    let latency = &metrics.delivery_latency;
+    assert_eq!(latency.get_sample_count(), sockets);
+    assert!(
+        latency.get_sample_sum() >= sockets as f64,
+        "each took a second or more"
+    );
 }
