@@ -105,9 +105,13 @@ pub struct BusInbox {
 impl BusInbox {
     /// An inbox of one lane of `capacity` messages; `dropped` counts what did not fit.
     pub fn new(capacity: usize, dropped: IntCounter) -> (Self, mpsc::Receiver<BusMessage>) {
-        let (inbox, mut lanes) = Self::with_lanes(capacity, 1, dropped);
-        let lane = lanes.pop().unwrap_or_else(|| mpsc::channel(1).1);
-        (inbox, lane)
+        let (lane, receiver) = mpsc::channel(capacity);
+        let inbox = Self {
+            lanes: Arc::from([lane]),
+            hasher: RandomState::new(),
+            dropped,
+        };
+        (inbox, receiver)
     }
 
     /// An inbox of `lanes` lanes (at least one) of `capacity` messages each.

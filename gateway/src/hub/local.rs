@@ -71,7 +71,7 @@ impl Hub {
 
     /// This node's channels with their local subscriber counts.
     pub(crate) fn local_channels(&self) -> Vec<(String, usize)> {
-        let mut channels = Vec::with_capacity(self.inner.shards.channel_count());
+        let mut channels = Vec::new();
         for shard in self.inner.shards.each() {
             let listed = shard.channels.iter();
             channels.extend(listed.map(|(name, c)| (name.to_string(), c.subscribers.len())));

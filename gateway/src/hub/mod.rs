@@ -321,9 +321,9 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(client_id) {
                 session.channels.insert(channel.clone());
             }
-            let shards = &self.inner.shards;
-            shards.count_subscriptions(1);
-            let mut shard = shards.of(channel.as_str());
+            // The gauges are the counts: nothing has to lock every shard to add them up.
+            self.inner.metrics.subscriptions.inc();
+            let mut shard = self.inner.shards.of(channel.as_str());
             let bus = match shard.channels.entry(channel.clone()) {
                 Entry::Occupied(mut entry) => {
                     entry.get_mut().subscribers.insert(key, subscriber);
@@ -342,7 +342,7 @@ impl Hub {
                         delivered: None,
                         catching_up: None,
                     };
-                    shards.count_channels(1);
+                    self.inner.metrics.channels.inc();
                     entry.insert(channel).bus.clone()
                 }
             };
@@ -414,15 +414,15 @@ impl Hub {
     /// Takes a connection off a channel, and drops the channel when it was the last; the
     /// caller holds the [`State`] lock, so that no subscribe of the same connection races it.
     fn leave_channel(&self, client_id: &str, channel: &ChannelName) {
-        let shards = &self.inner.shards;
-        let mut shard = shards.of(channel.as_str());
+        let metrics = &self.inner.metrics;
+        let mut shard = self.inner.shards.of(channel.as_str());
         if let Entry::Occupied(mut entry) = shard.channels.entry(channel.clone()) {
             if entry.get_mut().subscribers.remove(client_id).is_some() {
-                shards.count_subscriptions(-1);
+                metrics.subscriptions.dec();
             }
             if entry.get().subscribers.is_empty() {
                 entry.remove();
-                shards.count_channels(-1);
+                metrics.channels.dec();
                 let topic = self.inner.topics.channel(channel.as_str());
                 self.inner.broker.unsubscribe(topic);
                 shrink_if_sparse(&mut shard.channels);
@@ -436,11 +436,6 @@ impl Hub {
         let metrics = &self.inner.metrics;
         metrics.connections.set(gauge_value(state.sessions.len()));
         metrics.users.set(gauge_value(state.users.len()));
-        let shards = &self.inner.shards;
-        metrics.channels.set(gauge_value(shards.channel_count()));
-        metrics
-            .subscriptions
-            .set(gauge_value(shards.subscription_count()));
         self.inner.session_count.send_replace(state.sessions.len());
     }
 

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use publisher::wire::ChannelName;
@@ -25,10 +24,6 @@ pub(super) struct Shard {
 pub(super) struct Shards {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    /// Channels over all shards, kept as a count so gauges never lock every shard.
-    channels: AtomicUsize,
-    /// Subscriptions over all shards.
-    subscriptions: AtomicUsize,
 }
 
 impl Shards {
@@ -37,8 +32,6 @@ impl Shards {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
-            channels: AtomicUsize::new(0),
-            subscriptions: AtomicUsize::new(0),
         }
     }
 
@@ -51,34 +44,6 @@ impl Shards {
     /// Locks each shard in turn, one at a time.
     pub(super) fn each(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
         self.shards.iter().map(lock)
-    }
-
-    /// Channels over all shards.
-    pub(super) fn channel_count(&self) -> usize {
-        self.channels.load(Ordering::Relaxed)
-    }
-
-    /// Subscriptions over all shards.
-    pub(super) fn subscription_count(&self) -> usize {
-        self.subscriptions.load(Ordering::Relaxed)
-    }
-
-    /// Counts a channel made (`1`) or dropped (`-1`).
-    pub(super) fn count_channels(&self, change: isize) {
-        add(&self.channels, change);
-    }
-
-    /// Counts a subscription made (`1`) or dropped (`-1`).
-    pub(super) fn count_subscriptions(&self, change: isize) {
-        add(&self.subscriptions, change);
-    }
-}
-
-fn add(counter: &AtomicUsize, change: isize) {
-    if change >= 0 {
-        counter.fetch_add(change.unsigned_abs(), Ordering::Relaxed);
-    } else {
-        counter.fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
     }
 }
 

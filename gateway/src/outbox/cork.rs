@@ -28,7 +28,7 @@ thread_local! {
 }
 
 /// Runs `f` with writes corked: frames pushed meanwhile are queued, and each socket that got
-/// any is written once, with one vectored write, when `f` returns. A fan-out of many events
+/// any is written once, with one write for all its frames, when `f` returns. A fan-out of many events
 /// at once then costs one write per socket rather than one per frame, and the writes happen
 /// after `f` released whatever locks it took to choose the recipients.
 pub(crate) fn corked<T>(f: impl FnOnce() -> T) -> T {
