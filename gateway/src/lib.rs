@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use publisher::wire::Topics;
+use publisher::{RedisMode, RedisTopology};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -89,6 +90,9 @@ pub enum GatewayError {
     /// The bus could not be set up.
     #[error("bus: {0}")]
     Bus(#[from] BrokerError),
+    /// The configuration does not hold together.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
 }
 
 /// A listener's task: it ends when the listener stops.
@@ -152,11 +156,15 @@ fn build_node(
         .messages_dropped
         .with_label_values(&[Dropped::BusBacklog.label()]);
     let (inbox, lanes) = BusInbox::with_lanes(BUS_INBOX_CAPACITY, dispatch_lanes(), dropped);
-    let topics = Topics::new(config.redis_prefix.clone());
+    let topology = config.redis_topology()?;
+    let topics = match topology.as_ref().map(RedisTopology::mode) {
+        Some(RedisMode::Cluster) => Topics::sharded(config.redis_prefix.clone()),
+        _ => Topics::new(config.redis_prefix.clone()),
+    };
     let policies = Policies::from_namespaces(&config.namespaces);
-    let backends = match &config.redis_url {
+    let backends = match topology {
         None => memory_backends(&config, inbox, &topics, &policies),
-        Some(url) => redis_backends(&config, url, inbox, &topics, &policies, &metrics)?,
+        Some(topology) => redis_backends(&config, topology, inbox, &topics, &policies, &metrics)?,
     };
     let bus_status = backends.broker.status();
     let hub = Hub::new(
@@ -201,17 +209,17 @@ fn memory_backends(
     }
 }
 
-/// The bus, history and registry of a node that shares the Redis at `url` with its peers.
+/// The bus, history and registry of a node that shares the Redis of `topology` with its peers.
 fn redis_backends(
     config: &Config,
-    url: &str,
+    topology: RedisTopology,
     inbox: BusInbox,
     topics: &Topics,
     policies: &Policies,
     metrics: &Metrics,
 ) -> Result<Backends, GatewayError> {
     let settings = RedisSettings {
-        url: url.to_owned(),
+        topology,
         subscription_connections: config.redis_subscription_connections,
         publish_pool_size: config.redis_pool_size,
         canary: CanarySettings {

@@ -10,6 +10,7 @@ use gateway::broker::{
     RedisSettings,
 };
 use prometheus::IntCounter;
+use publisher::RedisTopology;
 use publisher::wire::Topics;
 use testkit::RedisServer;
 use tokio::sync::mpsc;
@@ -58,7 +59,7 @@ impl Bus for Redis {
     async fn node(&self) -> Node {
         let (inbox, received) = BusInbox::new(4096, counter());
         let settings = RedisSettings {
-            url: self.0.url(),
+            topology: RedisTopology::standalone(self.0.url()),
             subscription_connections: 3,
             publish_pool_size: 4,
             canary: CanarySettings {
@@ -227,7 +228,7 @@ async fn redis_canaries_come_back_and_stay_off_the_inbox() {
         canary_failures: counter(),
     };
     let settings = RedisSettings {
-        url: redis.url(),
+        topology: RedisTopology::standalone(redis.url()),
         subscription_connections: 3,
         publish_pool_size: 2,
         canary: CanarySettings {

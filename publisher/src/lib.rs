@@ -18,10 +18,12 @@
 
 mod publish;
 pub mod shared;
+pub mod topology;
 pub mod wire;
 
 pub use publish::{Event, PublishError, Publisher, Receipt, Recipients};
-pub use shared::SharedConnection;
+pub use shared::{Connection, SharedConnection};
+pub use topology::{RedisMode, RedisTopology};
 pub use wire::{
     ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, Target, Topics, UserId,
     WireError,

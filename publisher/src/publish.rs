@@ -1,25 +1,33 @@
 //! The publisher: typed events to channels, users, client types or everyone, over Redis.
+//!
+//! A batch goes out as one pipeline, or on a Redis Cluster as one pipeline per hash slot, all
+//! at once (a cluster pipeline must stay in one slot).
 
-use std::collections::HashSet;
+mod event;
+mod namespaces;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
+use futures_util::future::try_join_all;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
+use redis::cluster_routing::Slot;
 
-use serde::Serialize;
-use serde_json::value::RawValue;
-
-use crate::shared::{SetupError, SharedConnection};
+use self::event::{Destination, Message};
+pub use self::event::{Event, Recipients};
+use self::namespaces::Namespaces;
+use crate::shared::{ConnectError, Connection, SetupError, SharedConnection};
+use crate::topology::RedisTopology;
 use crate::wire::{
-    ChannelName, ClientType, Envelope, EventName, PUBLISH_SCRIPT, Position, PublishCall, Published,
-    Target, TopicArg, Topics, UserId, WireError, namespace_policies, timestamp_now,
+    ChannelName, PUBLISH_SCRIPT, Position, PublishCall, Published, TopicArg, Topics, WireError,
+    timestamp_now,
 };
 
-/// How often the namespaces that keep history are read again from Redis.
-const POLICY_REFRESH: Duration = Duration::from_secs(5);
+/// How long connecting and each command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an event could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +38,12 @@ pub enum PublishError {
     /// The data could not be serialised to JSON.
     #[error("event data is not serialisable: {0}")]
     Data(#[source] serde_json::Error),
-    /// The Redis URL or pool settings are invalid.
+    /// The Redis URL, mode or pool settings are invalid.
     #[error("Redis configuration: {0}")]
     Config(#[from] SetupError),
-    /// No connection could be had from the pool.
+    /// No connection could be had.
     #[error("no Redis connection: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Connect(#[from] ConnectError),
     /// Redis refused or failed the command.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -53,211 +61,6 @@ pub struct Receipt {
     pub position: Option<Position>,
     /// The idempotency key was seen: nothing was published this time.
     pub duplicate: bool,
-}
-
-/// Who receives an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recipients {
-    /// Subscribers of a channel.
-    Channel(ChannelName),
-    /// Subscribers of each of several channels (one event per channel).
-    Channels(Vec<ChannelName>),
-    /// Every connection of a user, on every replica.
-    User(UserId),
-    /// Every connection registered with a client type.
-    ClientType(ClientType),
-    /// Every connection.
-    Broadcast,
-}
-
-/// An event ready to publish: recipients, a validated name, and its data as JSON.
-#[derive(Debug, Clone)]
-pub struct Event {
-    recipients: Recipients,
-    name: EventName,
-    data: Box<RawValue>,
-    exclude_client: Option<String>,
-    idempotency_key: Option<String>,
-}
-
-/// One bus message of an event, ready for Redis. Its topic and envelope are written into the
-/// Redis command when it is built, with no string or buffer of their own per message.
-struct Message<'e> {
-    event: &'e Event,
-    timestamp: &'e str,
-    destination: Destination<'e>,
-    /// Published through the history script rather than with PUBLISH.
-    scripted: bool,
-}
-
-/// Where one bus message goes.
-enum Destination<'e> {
-    Channel(ChannelName),
-    ClientType(&'e str),
-    Broadcast,
-}
-
-impl Message<'_> {
-    fn channel(&self) -> Option<&ChannelName> {
-        match &self.destination {
-            Destination::Channel(channel) => Some(channel),
-            _ => None,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        match &self.destination {
-            Destination::Channel(channel) => Target::Channel(channel.as_str()),
-            Destination::ClientType(client_type) => Target::ClientType(client_type),
-            Destination::Broadcast => Target::Broadcast,
-        }
-    }
-
-    /// Encodes the message's envelope into `buffer`, replacing what it held.
-    fn encode_into(&self, buffer: &mut Vec<u8>) {
-        buffer.clear();
-        self.envelope().encode_into(buffer);
-    }
-
-    fn envelope(&self) -> Envelope<'_> {
-        Envelope::new(
-            self.target(),
-            self.event.name.as_str(),
-            Some(&self.event.data),
-            self.event.exclude_client.as_deref(),
-            self.timestamp.into(),
-        )
-    }
-}
-
-impl Event {
-    /// An event for `recipients`, named `name`, carrying `data` (anything `Serialize`).
-    ///
-    /// ```
-    /// use publisher::{Event, Recipients, ChannelName};
-    /// let event = Event::new(
-    ///     Recipients::Channel(ChannelName::parse("jobs")?),
-    ///     "job_progress",
-    ///     &serde_json::json!({"job_id": "abc", "progress": 45.5}),
-    /// )?;
-    /// assert_eq!(event.name(), "job_progress");
-    /// // Reply frame types are reserved:
-    /// assert!(Event::new(Recipients::Broadcast, "pong", &()).is_err());
-    /// # Ok::<(), publisher::PublishError>(())
-    /// ```
-    pub fn new(
-        recipients: Recipients,
-        name: &str,
-        data: &impl Serialize,
-    ) -> Result<Self, PublishError> {
-        Ok(Self {
-            recipients,
-            name: EventName::parse(name)?,
-            data: serde_json::value::to_raw_value(data).map_err(PublishError::Data)?,
-            exclude_client: None,
-            idempotency_key: None,
-        })
-    }
-
-    /// An event for the subscribers of `channel`.
-    pub fn to_channel(
-        channel: &str,
-        name: &str,
-        data: &impl Serialize,
-    ) -> Result<Self, PublishError> {
-        Self::new(
-            Recipients::Channel(ChannelName::parse(channel)?),
-            name,
-            data,
-        )
-    }
-
-    /// An event for the subscribers of each of `channels`.
-    pub fn to_channels<S: AsRef<str>>(
-        channels: &[S],
-        name: &str,
-        data: &impl Serialize,
-    ) -> Result<Self, PublishError> {
-        let channels = channels
-            .iter()
-            .map(|c| ChannelName::parse(c.as_ref()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::new(Recipients::Channels(channels), name, data)
-    }
-
-    /// An event for every connection of `user`.
-    pub fn to_user(user: &str, name: &str, data: &impl Serialize) -> Result<Self, PublishError> {
-        Self::new(Recipients::User(UserId::parse(user)?), name, data)
-    }
-
-    /// An event for every connection registered as `client_type`.
-    pub fn to_client_type(
-        client_type: &str,
-        name: &str,
-        data: &impl Serialize,
-    ) -> Result<Self, PublishError> {
-        Self::new(
-            Recipients::ClientType(ClientType::parse(client_type)?),
-            name,
-            data,
-        )
-    }
-
-    /// An event for every connection.
-    pub fn broadcast(name: &str, data: &impl Serialize) -> Result<Self, PublishError> {
-        Self::new(Recipients::Broadcast, name, data)
-    }
-
-    /// Leaves out one connection, usually the one whose action caused the event.
-    pub fn excluding(mut self, client_id: impl Into<String>) -> Self {
-        self.exclude_client = Some(client_id.into());
-        self
-    }
-
-    /// Publishes at most once per key within the gateways' idempotency window (channel and
-    /// user events): a repeat answers the first publish's position and delivers nothing.
-    pub fn idempotent(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
-        self
-    }
-
-    /// The event name.
-    pub fn name(&self) -> &str {
-        self.name.as_str()
-    }
-
-    /// The recipients.
-    pub fn recipients(&self) -> &Recipients {
-        &self.recipients
-    }
-
-    /// Each bus message this event becomes, published at `timestamp`: one per channel.
-    fn messages<'e>(&'e self, timestamp: &'e str) -> impl Iterator<Item = Message<'e>> + 'e {
-        let (single, channels) = match &self.recipients {
-            Recipients::Channel(channel) => (Some(Destination::Channel(channel.clone())), &[][..]),
-            Recipients::Channels(channels) => (None, channels.as_slice()),
-            Recipients::User(user) => (
-                Some(Destination::Channel(ChannelName::personal(user))),
-                &[][..],
-            ),
-            Recipients::ClientType(client_type) => {
-                (Some(Destination::ClientType(client_type.as_str())), &[][..])
-            }
-            Recipients::Broadcast => (Some(Destination::Broadcast), &[][..]),
-        };
-        let channels = channels
-            .iter()
-            .map(|channel| Destination::Channel(channel.clone()));
-        single
-            .into_iter()
-            .chain(channels)
-            .map(move |destination| Message {
-                event: self,
-                timestamp,
-                scripted: matches!(destination, Destination::Channel(_)),
-                destination,
-            })
-    }
 }
 
 /// Publishes events to the gateways' Redis bus. Cheap to clone; share one per process.
@@ -278,42 +81,47 @@ pub struct Publisher {
     topics: Topics,
     script: Arc<redis::Script>,
     script_loaded: Arc<AtomicBool>,
-    history: Arc<Mutex<HistoryNamespaces>>,
-}
-
-/// The namespaces that keep history, as the gateways published them, and when they were read.
-#[derive(Default)]
-struct HistoryNamespaces {
-    read_at: Option<Instant>,
-    names: Arc<HashSet<String>>,
+    namespaces: Arc<Mutex<namespaces::Cached>>,
 }
 
 impl Publisher {
     /// A publisher for the Redis at `url` (`redis://` or `rediss://`), with the default
     /// prefix `gw`. Connections are made on first use.
     pub fn connect(url: &str) -> Result<Self, PublishError> {
-        if url.starts_with("rediss://") {
+        Self::connect_to(&RedisTopology::standalone(url))
+    }
+
+    /// A publisher for the Redis of `topology`: one server, a Redis Cluster from its seed
+    /// nodes, or the master the sentinels name (the gateways' `GATEWAY_REDIS_MODE` settings).
+    pub fn connect_to(topology: &RedisTopology) -> Result<Self, PublishError> {
+        if topology.uses_tls() {
             // rediss:// needs a TLS provider; keep the process's own if it installed one.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let pool = crate::shared::pool(url, 8, Duration::from_secs(5))?;
-        Ok(Self::from_pool(pool))
+        let connection = SharedConnection::connect(topology, 8, COMMAND_TIMEOUT)?;
+        Ok(Self::from_connection(connection))
     }
 
-    /// A publisher over an existing deadpool-redis pool.
+    /// A publisher over an existing deadpool-redis pool (one server).
     pub fn from_pool(pool: Pool) -> Self {
+        Self::from_connection(SharedConnection::new(pool))
+    }
+
+    /// A publisher over a shared connection, in the mode of its Redis.
+    pub fn from_connection(connection: SharedConnection) -> Self {
+        let topics = topics_for(&connection, "gw");
         Self {
-            connection: SharedConnection::new(pool),
-            topics: Topics::new("gw"),
+            connection,
+            topics,
             script: Arc::new(redis::Script::new(PUBLISH_SCRIPT)),
             script_loaded: Arc::new(AtomicBool::new(false)),
-            history: Arc::default(),
+            namespaces: Arc::default(),
         }
     }
 
     /// Uses another key and channel prefix (the gateways' `GATEWAY_REDIS_PREFIX`).
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.topics = Topics::new(prefix);
+        self.topics = topics_for(&self.connection, prefix);
         self
     }
 
@@ -339,8 +147,8 @@ impl Publisher {
     /// # });
     /// ```
     pub async fn publish_batch(&self, events: &[Event]) -> Result<Vec<Receipt>, PublishError> {
-        let mut connection = self.connection.get().await?;
-        match self.publish_over(&mut connection, events).await {
+        let connection = self.connection.get().await?;
+        match self.publish_over(connection, events).await {
             Err(PublishError::Redis(error)) => Err(self.connection.check(error).into()),
             other => other,
         }
@@ -348,35 +156,31 @@ impl Publisher {
 
     async fn publish_over(
         &self,
-        connection: &mut MultiplexedConnection,
+        mut connection: Connection,
         events: &[Event],
     ) -> Result<Vec<Receipt>, PublishError> {
         // One batch is published at one moment: one timestamp for all its events.
         let timestamp = timestamp_now();
-        let history = self.history_namespaces(connection).await;
-        let messages = plan(events, &timestamp, history.as_deref());
-        let all: Vec<usize> = (0..messages.len()).collect();
-        let mut replies = match self.run(connection, &messages, &all).await {
-            Err(error)
-                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                // Redis lost its scripts (a restart): none of the script calls ran, so run
-                // exactly those again after loading it.
-                self.script_loaded.store(false, Ordering::Release);
-                let scripted: Vec<usize> = all
-                    .iter()
-                    .copied()
-                    .filter(|i| messages[*i].scripted)
-                    .collect();
-                let again = self.run(connection, &messages, &scripted).await?;
-                let mut replies = vec![Value::Nil; messages.len()];
-                for (index, reply) in scripted.into_iter().zip(again) {
-                    replies[index] = reply;
-                }
-                replies
-            }
-            other => other?,
+        let read = namespaces::read(&self.namespaces, self.topics.keys(), &mut connection).await;
+        // On a cluster the script cannot read the settings itself: they must be known here.
+        // Elsewhere, unknown settings send every channel event through the script, which is
+        // always correct.
+        let settings = if self.topics.is_sharded() {
+            Some(read?)
+        } else {
+            read.ok()
         };
+        let messages = plan(events, &timestamp, settings.as_deref());
+        let groups = self.groups(&messages);
+        let sent = groups.iter().map(|indexes| {
+            self.publish_group(connection.clone(), &messages, indexes, settings.as_deref())
+        });
+        let mut replies = vec![Value::Nil; messages.len()];
+        for (indexes, group) in groups.iter().zip(try_join_all(sent).await?) {
+            for (index, reply) in indexes.iter().zip(group) {
+                replies[*index] = reply;
+            }
+        }
         messages
             .into_iter()
             .zip(replies.iter_mut())
@@ -390,46 +194,68 @@ impl Publisher {
             .collect()
     }
 
-    /// The namespaces that keep history, read again every few seconds; `None` if Redis would
-    /// not say (then every channel event goes through the script, which is always correct).
-    async fn history_namespaces(
-        &self,
-        connection: &mut MultiplexedConnection,
-    ) -> Option<Arc<HashSet<String>>> {
-        {
-            let cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-            if cached
-                .read_at
-                .is_some_and(|at| at.elapsed() < POLICY_REFRESH)
-            {
-                return Some(Arc::clone(&cached.names));
-            }
+    /// The messages' indexes in pipelines: all in one, or on a cluster one per hash slot
+    /// (a channel's topic is in the slot of its keys).
+    fn groups(&self, messages: &[Message<'_>]) -> Vec<Vec<usize>> {
+        if !self.topics.is_sharded() {
+            return vec![(0..messages.len()).collect()];
         }
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(self.topics.keys().namespaces())
-            .query_async(connection)
-            .await
-            .ok()?;
-        let names: Arc<HashSet<String>> = Arc::new(
-            namespace_policies(fields)
-                .map(|(namespace, _)| namespace)
-                .collect(),
-        );
-        let mut cached = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        cached.read_at = Some(Instant::now());
-        cached.names = Arc::clone(&names);
-        Some(names)
+        let mut slots: HashMap<Slot, Vec<usize>> = HashMap::new();
+        for (index, message) in messages.iter().enumerate() {
+            let topic = self.topics.for_target(message.target());
+            slots.entry(Slot::for_key(topic)).or_default().push(index);
+        }
+        let mut groups: Vec<Vec<usize>> = slots.into_values().collect();
+        groups.sort_unstable_by_key(|group| group[0]);
+        groups
+    }
+
+    /// Publishes the messages at `indexes` in one pipeline; one reply each.
+    async fn publish_group(
+        &self,
+        mut connection: Connection,
+        messages: &[Message<'_>],
+        indexes: &[usize],
+        settings: Option<&Namespaces>,
+    ) -> Result<Vec<Value>, redis::RedisError> {
+        match self.run(&mut connection, messages, indexes, settings).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis lost its scripts (a restart, or a cluster node that never had it):
+                // none of the script calls ran, so run exactly those again after loading it.
+                self.script_loaded.store(false, Ordering::Release);
+                let scripted: Vec<usize> = indexes
+                    .iter()
+                    .copied()
+                    .filter(|i| messages[*i].scripted)
+                    .collect();
+                let again = self
+                    .run(&mut connection, messages, &scripted, settings)
+                    .await?;
+                let mut replies = vec![Value::Nil; indexes.len()];
+                let mut again = scripted.into_iter().zip(again).peekable();
+                for (reply, index) in replies.iter_mut().zip(indexes) {
+                    if let Some((_, value)) = again.next_if(|(i, _)| i == index) {
+                        *reply = value;
+                    }
+                }
+                Ok(replies)
+            }
+            other => other,
+        }
     }
 
     /// Sends the messages at `indexes` in one pipeline; returns one reply per message.
     async fn run(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         messages: &[Message<'_>],
         indexes: &[usize],
+        settings: Option<&Namespaces>,
     ) -> Result<Vec<Value>, redis::RedisError> {
         let load = !self.script_loaded.load(Ordering::Acquire);
-        let pipeline = self.pipeline(messages, indexes, load);
+        let pipeline = self.pipeline(messages, indexes, load, settings);
         let replies: Vec<Value> = pipeline.query_async(connection).await?;
         if load {
             self.script_loaded.store(true, Ordering::Release);
@@ -439,11 +265,18 @@ impl Publisher {
 
     /// The pipeline that publishes the messages at `indexes`, loading the script first when
     /// `load`: the exact commands of `publisher/vectors/publish.json`.
-    fn pipeline(&self, messages: &[Message<'_>], indexes: &[usize], load: bool) -> redis::Pipeline {
+    fn pipeline(
+        &self,
+        messages: &[Message<'_>],
+        indexes: &[usize],
+        load: bool,
+        settings: Option<&Namespaces>,
+    ) -> redis::Pipeline {
         let mut pipeline = redis::Pipeline::with_capacity(indexes.len() + 1);
         if load {
             pipeline.load_script(&self.script).ignore();
         }
+        let sharded = self.topics.is_sharded();
         // Each envelope is encoded here and copied into its command: one buffer for all.
         let mut payload = Vec::new();
         let invocations: Vec<redis::ScriptInvocation<'_>> = indexes
@@ -452,9 +285,13 @@ impl Publisher {
                 let message = &messages[*i];
                 let channel = message.channel().filter(|_| message.scripted)?;
                 message.encode_into(&mut payload);
-                // The window and the policy are the gateways' (from `<prefix>:namespaces`).
+                // The window and the policy are the gateways' (from `<prefix>:namespaces`),
+                // read by the script itself except on a cluster.
+                let known = settings.filter(|_| sharded);
                 let call = PublishCall {
                     idempotency_key: message.event.idempotency_key.as_deref(),
+                    window: known.map(Namespaces::window),
+                    policy: known.map(|s| s.policy(channel.namespace())),
                     ..PublishCall::new(channel, &payload)
                 };
                 Some(call.invocation(&self.script, &self.topics))
@@ -474,13 +311,17 @@ impl Publisher {
                 }
                 None => {
                     // Sized once: this runs for every published message.
-                    const PUBLISH: &str = "PUBLISH";
+                    let publish = if sharded && message.channel().is_some() {
+                        "SPUBLISH"
+                    } else {
+                        "PUBLISH"
+                    };
                     let topic = TopicArg::new(&self.topics, message.target());
                     message.encode_into(&mut payload);
-                    let size = PUBLISH.len() + topic.len() + payload.len();
-                    let mut publish = redis::Cmd::with_capacity(3, size);
-                    publish.arg(PUBLISH).arg(topic).arg(&payload[..]);
-                    pipeline.add_command(publish);
+                    let size = publish.len() + topic.len() + payload.len();
+                    let mut command = redis::Cmd::with_capacity(3, size);
+                    command.arg(publish).arg(topic).arg(&payload[..]);
+                    pipeline.add_command(command);
                 }
             }
         }
@@ -488,13 +329,22 @@ impl Publisher {
     }
 }
 
+/// The names under `prefix` in the mode of `connection`'s Redis.
+fn topics_for(connection: &SharedConnection, prefix: impl Into<String>) -> Topics {
+    if connection.is_cluster() {
+        Topics::sharded(prefix)
+    } else {
+        Topics::new(prefix)
+    }
+}
+
 /// The bus messages of `events` published at `timestamp`, each marked for the history script
-/// where its namespace keeps history (`history`: `None` when unknown, then every channel
+/// where its namespace keeps history (`settings`: `None` when unknown, then every channel
 /// message) or it carries an idempotency key; the others are plain PUBLISHes.
 fn plan<'e>(
     events: &'e [Event],
     timestamp: &'e str,
-    history: Option<&HashSet<String>>,
+    settings: Option<&Namespaces>,
 ) -> Vec<Message<'e>> {
     let mut messages: Vec<Message<'e>> = events
         .iter()
@@ -504,8 +354,8 @@ fn plan<'e>(
         let plain = message.event.idempotency_key.is_none()
             && message
                 .channel()
-                .zip(history)
-                .is_some_and(|(c, h)| !h.contains(c.namespace()));
+                .zip(settings)
+                .is_some_and(|(c, s)| !s.keeps_history(c.namespace()));
         message.scripted = message.channel().is_some() && !plain;
     }
     messages
@@ -534,55 +384,3 @@ fn receipt(
 
 #[cfg(test)]
 mod vectors;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_events_go_to_the_personal_channel() {
-        let event = Event::to_user("42", "hello", &1).unwrap();
-        let timestamp = timestamp_now();
-        let messages: Vec<_> = event.messages(&timestamp).collect();
-        assert_eq!(messages.len(), 1);
-        assert_eq!(
-            Topics::new("gw").for_target(messages[0].target()),
-            "gw:ch:#42"
-        );
-        let payload = messages[0].envelope().encode();
-        let envelope = Envelope::decode(&payload).unwrap();
-        assert_eq!(envelope.target().unwrap(), Target::Channel("#42"));
-        assert_eq!(envelope.data.unwrap().get(), "1");
-    }
-
-    #[test]
-    fn several_channels_make_one_message_each() {
-        let event = Event::to_channels(&["a", "b:c"], "e", &())
-            .unwrap()
-            .excluding("c1");
-        let timestamp = timestamp_now();
-        let messages: Vec<_> = event.messages(&timestamp).collect();
-        let prefixed = Topics::new("p");
-        let topics: Vec<_> = messages
-            .iter()
-            .map(|m| prefixed.for_target(m.target()))
-            .collect();
-        assert_eq!(topics, ["p:ch:a", "p:ch:b:c"]);
-        let payload = messages[1].envelope().encode();
-        let envelope = Envelope::decode(&payload).unwrap();
-        assert_eq!(envelope.exclude_client.as_deref(), Some("c1"));
-    }
-
-    #[test]
-    fn names_are_validated_at_the_edge() {
-        assert!(matches!(
-            Event::to_channel("bad name", "e", &()),
-            Err(PublishError::Invalid(WireError::InvalidChannel(_)))
-        ));
-        assert!(matches!(
-            Event::to_client_type("gui", "subscribed", &()),
-            Err(PublishError::Invalid(WireError::ReservedEvent(_)))
-        ));
-        assert!(Event::to_user("a,b", "e", &()).is_err());
-    }
-}

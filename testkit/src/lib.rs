@@ -5,7 +5,9 @@
 //! - `temp`: [`TempDir`], a scratch directory kept when a test fails.
 //! - `ports`: [`free_port`] and [`free_addrs`], loopback ports free when asked.
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence on a free port that a test
-//!   can kill and restart, and [`with_redis`], which runs a doc example against one.
+//!   can kill and restart (or a Redis Sentinel), and [`with_redis`], which runs a doc example
+//!   against one.
+//! - `redis_cluster`: [`RedisCluster`], a Redis Cluster of such servers, masters and replicas.
 //! - `binaries`: [`binary`], the workspace's binaries built once per process with the caller's
 //!   cargo profile ([`build_binaries`], [`profile_dir`]).
 //! - `websocket`: [`RawWebSocket`], a raw WebSocket client with permessage-deflate that shows
@@ -17,11 +19,13 @@
 mod binaries;
 mod ports;
 mod redis;
+mod redis_cluster;
 mod temp;
 mod websocket;
 
 pub use binaries::{binary, build_binaries, profile_dir};
 pub use ports::{free_addrs, free_port};
 pub use redis::{RedisServer, with_redis};
+pub use redis_cluster::RedisCluster;
 pub use temp::TempDir;
 pub use websocket::{Frame, Handshake, Offer, RawWebSocket};

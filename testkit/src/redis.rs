@@ -28,6 +28,8 @@ const DEFAULT_REDIS_PORT: u16 = 6379;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// A config file given before the other arguments (a sentinel's, which it rewrites).
+    config: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     dir: TempDir,
@@ -49,15 +51,33 @@ impl RedisServer {
     /// Starts a server with `args` added to its command line (e.g. `["--maxclients",
     /// "10000"]`) and waits until it answers.
     pub async fn start_with(args: &[&str]) -> io::Result<Self> {
+        Self::start_from(None, args).await
+    }
+
+    /// Starts a Redis Sentinel watching the master at `master_port` as `master`, with a
+    /// quorum of `quorum` and quick failovers, and waits until it answers.
+    pub async fn start_sentinel(master: &str, master_port: u16, quorum: u32) -> io::Result<Self> {
+        let config = format!(
+            "sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n\
+             sentinel down-after-milliseconds {master} 1000\n\
+             sentinel failover-timeout {master} 5000\n\
+             sentinel parallel-syncs {master} 1\n"
+        );
+        Self::start_from(Some(config), &["--sentinel"]).await
+    }
+
+    async fn start_from(config: Option<String>, args: &[&str]) -> io::Result<Self> {
         let dir = TempDir::create("redis")?;
         let args: Vec<String> = args.iter().map(|&arg| arg.to_owned()).collect();
+        let config = config.map(|text| dir.write("sentinel.conf", text).display().to_string());
         let mut attempt = 1;
         loop {
             let port = redis_port()?;
-            match launch(port, &args, dir.path()).await {
+            match launch(port, config.as_deref(), &args, dir.path()).await {
                 Ok(child) => {
                     return Ok(Self {
                         port,
+                        config,
                         args,
                         child: Some(child),
                         dir,
@@ -129,7 +149,14 @@ impl RedisServer {
     /// When it does not come back (e.g. another process took the port meanwhile).
     pub async fn restart(&mut self) {
         self.kill().await;
-        match launch(self.port, &self.args, self.dir.path()).await {
+        match launch(
+            self.port,
+            self.config.as_deref(),
+            &self.args,
+            self.dir.path(),
+        )
+        .await
+        {
             Ok(child) => self.child = Some(child),
             Err(e) => panic!("{e}"),
         }
@@ -189,9 +216,10 @@ fn redis_port() -> io::Result<u16> {
 
 /// Starts `redis-server` on `port` with its files in `dir` and waits until that very process
 /// answers there. A port that is taken is an [`io::ErrorKind::AddrInUse`] error.
-async fn launch(port: u16, args: &[String], dir: &Path) -> io::Result<Child> {
+async fn launch(port: u16, config: Option<&str>, args: &[String], dir: &Path) -> io::Result<Child> {
     let log = dir.join("redis.log");
     let mut child = Command::new("redis-server")
+        .args(config)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use ::redis::RedisError;
 use bytes::Bytes;
-use deadpool_redis::PoolError;
 use prometheus::IntCounter;
+use publisher::shared::ConnectError;
 use publisher::shared::SetupError;
 use tokio::sync::{mpsc, watch};
 
@@ -34,7 +34,7 @@ pub enum BrokerError {
     Setup(#[from] SetupError),
     /// No connection could be had for a command.
     #[error("no bus connection: {0}")]
-    Connection(#[source] Arc<PoolError>),
+    Connection(#[source] Arc<ConnectError>),
     /// Redis refused or failed a command.
     #[error("bus command failed: {0}")]
     Redis(#[from] RedisError),
@@ -44,6 +44,15 @@ pub enum BrokerError {
     /// Redis closed the subscription connection.
     #[error("Redis closed the bus subscription connection")]
     Disconnected,
+    /// Sentinel names another master than the one subscribed on: the connection is replaced.
+    #[error("the Redis master moved (a failover)")]
+    MasterMoved,
+    /// A cluster node dropped a subscription the node still needs (a slot moved).
+    #[error("Redis dropped a subscription the node still needs")]
+    Unsubscribed,
+    /// Redis answered a command with something this node does not understand.
+    #[error("unexpected reply to {0}")]
+    Unexpected(&'static str),
     /// The subscription connection is down; requests are refused until it is back.
     #[error("the bus is not connected")]
     NotConnected,
@@ -60,8 +69,8 @@ impl BrokerError {
     }
 }
 
-impl From<PoolError> for BrokerError {
-    fn from(error: PoolError) -> Self {
+impl From<ConnectError> for BrokerError {
+    fn from(error: ConnectError) -> Self {
         Self::Connection(Arc::new(error))
     }
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use publisher::Connection;
 use publisher::SharedConnection;
 use publisher::wire::{Keys, Topics};
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 
 use super::registry::{Leases, PresenceRecord, PresenceRecords, RegistryError, UserSlots};
 use crate::broker::BoxFuture;
@@ -68,7 +68,7 @@ impl Store {
         self.topics.keys()
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, RegistryError> {
+    async fn connection(&self) -> Result<Connection, RegistryError> {
         Ok(self.redis.get().await?)
     }
 

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::PoolError;
 use publisher::SharedConnection;
+use publisher::shared::ConnectError;
 use publisher::wire::Topics;
 
 use super::memory::{MemoryLeases, MemoryPresence, MemoryUserSlots};
@@ -20,7 +20,7 @@ use crate::view::PresenceEntry;
 pub enum RegistryError {
     /// No connection to the store could be had.
     #[error("cluster registry unavailable: no Redis connection: {0}")]
-    Connection(#[from] PoolError),
+    Connection(#[from] ConnectError),
     /// The store refused or failed the command.
     #[error("cluster registry unavailable: {0}")]
     Redis(#[from] ::redis::RedisError),

@@ -9,6 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use publisher::shared::SetupError;
+use publisher::{RedisMode, RedisTopology};
 use serde::Deserialize;
 
 use self::keys::auth_settings;
@@ -145,8 +147,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
-    /// The Redis bus, or `None` for the in-memory bus.
+    /// The Redis bus, or `None` for the in-memory bus: one URL, or in cluster and sentinel
+    /// modes a comma-separated list of seed nodes or sentinels.
     pub redis_url: Option<String>,
+    /// How the Redis is laid out (`GATEWAY_REDIS_MODE`).
+    pub redis_mode: RedisMode,
+    /// The master the sentinels watch, in sentinel mode.
+    pub redis_sentinel_master: Option<String>,
     /// Prefix of Redis keys and channels.
     pub redis_prefix: String,
     /// Dedicated Redis connections for subscriptions.
@@ -216,6 +223,11 @@ impl Config {
                 .clone()
                 .or(file.redis_url.clone())
                 .filter(|u| !u.is_empty()),
+            redis_mode: args.redis_mode.or(file.redis_mode).unwrap_or_default(),
+            redis_sentinel_master: args
+                .redis_sentinel_master
+                .clone()
+                .or(file.redis_sentinel_master.clone()),
             redis_prefix: args
                 .redis_prefix
                 .clone()
@@ -313,16 +325,39 @@ impl Config {
         self.namespaces.validate()
     }
 
+    /// The Redis of the bus, or `None` for the in-memory bus.
+    pub fn redis_topology(&self) -> Result<Option<RedisTopology>, ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let master = self.redis_sentinel_master.as_deref();
+        RedisTopology::parse(self.redis_mode, url, master)
+            .map(Some)
+            .map_err(|error| match error {
+                SetupError::Topology(text) => {
+                    ConfigError::Invalid(format!("GATEWAY_REDIS_URL: {text}"))
+                }
+                other => ConfigError::Invalid(other.to_string()),
+            })
+    }
+
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
+        if self.redis_url.is_none() && self.redis_mode != RedisMode::Standalone {
             return invalid(format!(
-                "GATEWAY_REDIS_URL must start with redis:// or rediss://, got {url:?}"
+                "GATEWAY_REDIS_MODE={} needs GATEWAY_REDIS_URL",
+                self.redis_mode
             ));
         }
-        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces");
+        self.redis_topology()?;
+        // Braces would make a hash tag of their own in the node's and deployment's names.
+        let unfit = |name: &str| {
+            name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        };
+        if unfit(&self.redis_prefix) {
+            return invalid("GATEWAY_REDIS_PREFIX must be non-empty, without spaces or braces");
+        }
+        if unfit(&self.node_id) {
+            return invalid("GATEWAY_NODE_ID must be non-empty, without spaces or braces");
         }
         if !(1..=64).contains(&self.redis_subscription_connections) {
             return invalid("GATEWAY_REDIS_SUBSCRIPTION_CONNECTIONS must be 1 to 64");

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use publisher::RedisMode;
 use serde::Deserialize;
 
 use super::{LogFormat, NamespaceConfig};
@@ -37,9 +38,16 @@ pub struct Args {
     /// Admin listener: /metrics, /readyz, /api/* [default: 0.0.0.0:9090].
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
-    /// redis:// or rediss:// URL of the bus; unset runs one node on the in-memory bus.
+    /// redis:// or rediss:// URL of the bus (in cluster and sentinel modes, a comma-separated
+    /// list of seed nodes or sentinels); unset runs one node on the in-memory bus.
     #[arg(long, env = "GATEWAY_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// How the Redis is laid out: standalone, cluster or sentinel [default: standalone].
+    #[arg(long, env = "GATEWAY_REDIS_MODE")]
+    pub redis_mode: Option<RedisMode>,
+    /// The master's name, in sentinel mode.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
     /// Prefix of every Redis key and channel [default: gw].
     #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
@@ -163,6 +171,9 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
     pub(super) admin_listen: Option<SocketAddr>,
     pub(super) redis_url: Option<String>,
+    #[serde(default, deserialize_with = "redis_mode")]
+    pub(super) redis_mode: Option<RedisMode>,
+    pub(super) redis_sentinel_master: Option<String>,
     pub(super) redis_prefix: Option<String>,
     pub(super) redis_subscription_connections: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -227,4 +238,11 @@ pub(super) mod humantime_serde_opt {
             .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+/// Reads `redis_mode = "cluster"` in the TOML file, with the mode's own message on a typo.
+fn redis_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RedisMode>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }

@@ -222,3 +222,50 @@ fn compression_is_off_by_default_and_switched_on_by_flag_or_file() {
     let config = with_file("ws_compression = true\nws_compression_min_bytes = 64").unwrap();
     assert_eq!(config.ws_compression, Some(64));
 }
+
+#[test]
+fn redis_modes_are_read_and_checked_with_clear_messages() {
+    let seeds = "redis://10.0.0.1:6379,redis://10.0.0.2:6379";
+    let cluster =
+        Args::try_parse_from(["gateway", "--redis-mode", "cluster", "--redis-url", seeds]).unwrap();
+    let config = Config::load(cluster).unwrap();
+    let topology = config.redis_topology().unwrap().unwrap();
+    assert_eq!(topology.mode(), RedisMode::Cluster);
+    assert_eq!(topology.urls().len(), 2);
+    let config =
+        with_file("redis_mode = \"sentinel\"\nredis_url = \"redis://s1:26379\"\nredis_sentinel_master = \"main\"")
+            .unwrap();
+    assert_eq!(
+        config.redis_topology().unwrap().unwrap().sentinel_master(),
+        Some("main")
+    );
+    let refused = [
+        (vec!["--redis-url", seeds], "GATEWAY_REDIS_MODE"),
+        (
+            vec![
+                "--redis-mode",
+                "sentinel",
+                "--redis-url",
+                "redis://s1:26379",
+            ],
+            "GATEWAY_REDIS_SENTINEL_MASTER",
+        ),
+        (vec!["--redis-mode", "cluster"], "needs GATEWAY_REDIS_URL"),
+    ];
+    for (flags, expected) in refused {
+        let args = Args::try_parse_from(["gateway"].into_iter().chain(flags)).unwrap();
+        let error = Config::load(args).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+    let error = Args::try_parse_from(["gateway", "--redis-mode", "clustered"]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("standalone, cluster or sentinel"),
+        "{error}"
+    );
+    let error = with_file("redis_mode = \"shards\"")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("standalone, cluster or sentinel"), "{error}");
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::PoolError;
+use publisher::shared::ConnectError;
 use publisher::wire::{ChannelName, Position};
 pub use publisher::wire::{HistoryPolicy, Published};
 
@@ -26,7 +26,7 @@ use crate::config::Namespaces;
 pub enum HistoryError {
     /// No connection to the store could be had.
     #[error("history unavailable: no Redis connection: {0}")]
-    Connection(#[from] PoolError),
+    Connection(#[from] ConnectError),
     /// The store refused or failed the command.
     #[error("history unavailable: {0}")]
     Redis(#[from] ::redis::RedisError),

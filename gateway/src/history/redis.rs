@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use publisher::Connection;
 use publisher::SharedConnection;
 use publisher::wire::{
     ChannelName, PUBLISH_SCRIPT, Position, PublishCall, Topics, namespace_fields,
 };
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
-use super::{History, HistoryError, Page, Policies, Published};
+use super::{History, HistoryError, HistoryPolicy, Page, Policies, Published};
 use crate::broker::BoxFuture;
 
 /// How long one history command may take.
@@ -57,7 +57,7 @@ impl RedisHistory {
         history
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, HistoryError> {
+    async fn connection(&self) -> Result<Connection, HistoryError> {
         Ok(self.redis.get().await?)
     }
 
@@ -120,7 +120,13 @@ impl History for RedisHistory {
         let call = PublishCall {
             idempotency_key,
             window: Some(self.idempotency_window),
-            policy: self.policies.of(channel),
+            // On a cluster the script cannot read the namespaces hash: "none" must be said.
+            policy: self.policies.of(channel).or_else(|| {
+                self.topics.is_sharded().then_some(HistoryPolicy {
+                    size: 0,
+                    ttl: Duration::ZERO,
+                })
+            }),
             ..PublishCall::new(channel, &message)
         };
         let invocation = call.invocation(&self.script, &self.topics);

@@ -3,26 +3,35 @@
 //! ```sh
 //! gateway-publish --redis-url redis://127.0.0.1:6379 --user 42 --event photo_ready --data '{"photo":"p1"}'
 //! echo '{"progress":45.5}' | gateway-publish --channel jobs --event job_progress
+//! GATEWAY_REDIS_MODE=cluster GATEWAY_REDIS_URL=redis://10.0.0.1:6379,redis://10.0.0.2:6379 \
+//!   gateway-publish --channel jobs --event job_done --data '{}'
 //! ```
 
 use std::io::Read;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use publisher::{Event, Publisher};
+use publisher::{Event, Publisher, RedisMode, RedisTopology};
 use serde_json::Value;
 
 /// Publish one event to every gateway through Redis.
 #[derive(Debug, Parser)]
 #[command(name = "gateway-publish", version)]
 struct Args {
-    /// Redis URL of the gateways' bus.
+    /// Redis URL of the gateways' bus: one server, or comma-separated cluster seed nodes or
+    /// sentinels.
     #[arg(
         long,
         env = "GATEWAY_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
+    /// How the Redis is laid out: standalone, cluster or sentinel.
+    #[arg(long, env = "GATEWAY_REDIS_MODE", default_value = "standalone")]
+    redis_mode: RedisMode,
+    /// The master's name, in sentinel mode.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER")]
+    sentinel_master: Option<String>,
     /// Key and channel prefix of the deployment.
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gw")]
     prefix: String,
@@ -85,7 +94,12 @@ async fn main() -> anyhow::Result<()> {
         Some(key) => event.idempotent(key),
         None => event,
     };
-    let publisher = Publisher::connect(&args.redis_url)?.with_prefix(args.prefix);
+    let topology = RedisTopology::parse(
+        args.redis_mode,
+        &args.redis_url,
+        args.sentinel_master.as_deref(),
+    )?;
+    let publisher = Publisher::connect_to(&topology)?.with_prefix(args.prefix);
     let receipts = publisher.publish(&event).await.context("publishing")?;
     // One line per channel with its position, where history is kept: `jobs 42 1795…`.
     for receipt in receipts {

@@ -2,13 +2,13 @@
 //! vectors' timestamp against their namespaces hash, gives exactly the listed Redis commands
 //! or the listed error. The Python and Node publishers check the same file.
 
-use std::collections::HashSet;
-
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::namespaces::Namespaces;
 use super::{Event, PublishError, Publisher, Recipients, plan};
-use crate::wire::{ChannelName, ClientType, UserId, WireError, namespace_policies};
+use crate::topology::{RedisMode, RedisTopology};
+use crate::wire::{ChannelName, ClientType, UserId, WireError};
 
 const VECTORS: &str = include_str!("../../vectors/publish.json");
 
@@ -28,6 +28,10 @@ struct Case {
     publish: Option<Value>,
     batch: Option<Vec<Value>>,
     commands: Option<Vec<Vec<String>>>,
+    /// On a cluster: one pipeline per hash slot, in the order of their first message.
+    pipelines: Option<Vec<Vec<Vec<String>>>>,
+    /// `cluster` for a Redis Cluster; standalone (and Sentinel) otherwise.
+    mode: Option<String>,
     error: Option<String>,
 }
 
@@ -103,9 +107,13 @@ fn commands(pipeline: &redis::Pipeline) -> Vec<Vec<String>> {
 #[test]
 fn the_rust_publisher_writes_exactly_the_shared_vectors() {
     let vectors: Vectors = serde_json::from_str(VECTORS).expect("the vectors are valid JSON");
-    let publisher = Publisher::connect("redis://127.0.0.1:1").expect("a lazy pool");
+    let standalone = Publisher::connect("redis://127.0.0.1:1").expect("a lazy pool");
+    let cluster = RedisTopology::parse(RedisMode::Cluster, "redis://127.0.0.1:1", None)
+        .map(|topology| Publisher::connect_to(&topology))
+        .expect("a lazy cluster client")
+        .expect("a lazy cluster client");
     assert_eq!(
-        publisher.script.get_hash(),
+        standalone.script.get_hash(),
         vectors.script_sha1,
         "publisher/src/publish.lua changed: update script_sha1 in the vectors"
     );
@@ -113,10 +121,7 @@ fn the_rust_publisher_writes_exactly_the_shared_vectors() {
         .namespaces
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()));
-    let history: HashSet<String> = namespace_policies(fields)
-        .filter(|(_, policy)| policy.keeps_history())
-        .map(|(namespace, _)| namespace)
-        .collect();
+    let settings = Namespaces::from_fields(fields.collect());
     for case in &vectors.cases {
         let publishes = match (&case.publish, &case.batch) {
             (Some(publish), None) => vec![publish.clone()],
@@ -134,11 +139,20 @@ fn the_rust_publisher_writes_exactly_the_shared_vectors() {
             (Ok(events), None) => events,
         };
         let prefix = case.prefix.as_deref().unwrap_or(&vectors.prefix);
+        let on_cluster = case.mode.as_deref() == Some("cluster");
+        let publisher = if on_cluster { &cluster } else { &standalone };
         let publisher = publisher.clone().with_prefix(prefix);
-        let messages = plan(&events, &vectors.timestamp, Some(&history));
-        let all: Vec<usize> = (0..messages.len()).collect();
-        let pipeline = publisher.pipeline(&messages, &all, false);
-        let expected = case.commands.as_ref().expect("commands or error");
-        assert_eq!(&commands(&pipeline), expected, "{}", case.name);
+        let messages = plan(&events, &vectors.timestamp, Some(&settings));
+        let pipelines: Vec<Vec<Vec<String>>> = publisher
+            .groups(&messages)
+            .iter()
+            .map(|group| commands(&publisher.pipeline(&messages, group, false, Some(&settings))))
+            .collect();
+        let expected = match (&case.commands, &case.pipelines) {
+            (Some(commands), None) if !on_cluster => vec![commands.clone()],
+            (None, Some(pipelines)) if on_cluster => pipelines.clone(),
+            _ => panic!("{}: commands, or pipelines on a cluster", case.name),
+        };
+        assert_eq!(pipelines, expected, "{}", case.name);
     }
 }

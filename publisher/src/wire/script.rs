@@ -112,10 +112,11 @@ pub struct PublishCall<'a> {
     /// Publish at most once per key within the idempotency window.
     pub idempotency_key: Option<&'a str>,
     /// How long the key is remembered; `None` for the window the gateways wrote to
-    /// `<prefix>:namespaces` (publishers leave it to them).
+    /// `<prefix>:namespaces` (publishers leave it to them, except on a cluster, where the
+    /// script cannot read that key and refuses a call without it).
     pub window: Option<Duration>,
     /// The namespace's policy where the caller knows it (gateways do); `None` has the script
-    /// read it from `<prefix>:namespaces`.
+    /// read it from `<prefix>:namespaces` (refused on a cluster, as for `window`).
     pub policy: Option<HistoryPolicy>,
 }
 
@@ -142,9 +143,15 @@ impl<'a> PublishCall<'a> {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(keys.history_stream(channel))
-            .key(keys.history_meta(channel))
-            .key(keys.namespaces())
-            .key(idempotency)
+            .key(keys.history_meta(channel));
+        // On a cluster every key shares the channel's slot: no namespaces key, and no empty
+        // idempotency key (it would hash to slot 0).
+        if !topics.is_sharded() {
+            invocation.key(keys.namespaces()).key(idempotency);
+        } else if !idempotency.is_empty() {
+            invocation.key(idempotency);
+        }
+        invocation
             .arg(TopicArg::new(topics, Target::Channel(channel)))
             .arg(self.message)
             .arg(self.channel.namespace());
@@ -156,6 +163,9 @@ impl<'a> PublishCall<'a> {
             Some(policy) => invocation.arg(policy.encode()),
             None => invocation.arg(""),
         };
+        if topics.is_sharded() {
+            invocation.arg("SPUBLISH");
+        }
         invocation
     }
 }
