@@ -11,7 +11,7 @@
 #   nginx       deploy/nginx/nginx.conf with `nginx -t`, service names replaced by 127.0.0.1
 #   prometheus  `promtool check config`, `promtool check rules`, `promtool test rules`
 #   grafana     the dashboard and the provisioning files agree (datasource uid, queries)
-#   k8s         base and dev overlay rendered with kustomize, validated with kubernetes-validate
+#   k8s         base, dev and Redis Cluster/Sentinel overlays rendered with kustomize, validated with kubernetes-validate
 #               --strict for the oldest and newest supported Kubernetes; custom resources
 #               (Prometheus Operator, Gateway API) listed as skipped and checked for references
 #   docker      Dockerfile shape (multi-stage, non-root, healthcheck); shell scripts parse
@@ -128,7 +128,7 @@ py dashboard deploy/grafana/dashboards/gateway.json \
 echo "     (every query runs against a real Prometheus in tests/tests/observability.rs)"
 
 section "kubernetes"
-for target in base overlays/dev; do
+for target in base overlays/dev overlays/redis-cluster overlays/redis-sentinel; do
   name="${target//\//-}"
   if ! check "k8s/$target renders (${kustomize[*]})" \
       sh -c "$(printf '%q ' "${kustomize[@]}") k8s/$target > '$tmp/$name.yaml'"; then
@@ -144,8 +144,9 @@ for target in base overlays/dev; do
              rc=\$?; echo \"\$out\";
              if echo \"\$out\" | grep -q \"Couldn't find schema\"; then exit 1; fi; exit \$rc"
   done
-  if [ "$target" = base ]; then
-    # The base references a Secret the operator creates (docs/operations.md).
+  if [ "$target" != overlays/dev ]; then
+    # The base and the Redis overlays reference a Secret the operator creates
+    # (docs/operations.md).
     py k8s-refs "$tmp/$name.yaml" --external-secret gateway-secrets
   else
     py k8s-refs "$tmp/$name.yaml"

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use testkit::{RedisServer, TempDir};
+use publisher::{RedisMode, RedisTopology};
+use testkit::{RedisCluster, RedisServer, TempDir};
 use tokio::process::{Child, Command};
 
 use crate::measure;
@@ -151,12 +152,18 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// testkit's `redis-server` with room for every client of a scenario, registered for cleanup
-/// like every other child.
+/// testkit's `redis-server` with room for every client of a scenario (or a Redis Cluster of
+/// them), registered for cleanup like every other child.
 #[derive(Debug)]
 pub(crate) struct Redis {
-    server: RedisServer,
-    pid: u32,
+    servers: Servers,
+    pids: Vec<u32>,
+}
+
+#[derive(Debug)]
+enum Servers {
+    One(Box<RedisServer>),
+    Cluster(RedisCluster),
 }
 
 impl Redis {
@@ -168,22 +175,73 @@ impl Redis {
         }
         let pid = server.pid().context("redis-server exited at once")?;
         register(pid);
-        Ok(Self { server, pid })
+        Ok(Self {
+            servers: Servers::One(Box::new(server)),
+            pids: vec![pid],
+        })
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts a Redis Cluster of `masters` masters without replicas and waits until it is
+    /// formed.
+    pub(crate) async fn start_cluster(masters: usize) -> Result<Self> {
+        let cluster = RedisCluster::start(masters, 0).await?;
+        let pids: Vec<u32> = cluster
+            .nodes()
+            .iter()
+            .filter_map(RedisServer::pid)
+            .collect();
+        for pid in &pids {
+            register(*pid);
+        }
+        Ok(Self {
+            servers: Servers::Cluster(cluster),
+            pids,
+        })
+    }
+
+    /// `redis://127.0.0.1:<port>`, or a cluster's seed list.
     pub(crate) fn url(&self) -> String {
-        self.server.url()
+        match &self.servers {
+            Servers::One(server) => server.url(),
+            Servers::Cluster(cluster) => cluster.seeds(),
+        }
     }
 
+    /// The port of the server, or of a cluster's first node.
     pub(crate) fn port(&self) -> u16 {
-        self.server.port()
+        match &self.servers {
+            Servers::One(server) => server.port(),
+            Servers::Cluster(cluster) => cluster.nodes()[0].port(),
+        }
+    }
+
+    /// The URL of each server: the one, or each master of the cluster.
+    pub(crate) fn server_urls(&self) -> Vec<String> {
+        match &self.servers {
+            Servers::One(server) => vec![server.url()],
+            Servers::Cluster(cluster) => cluster.nodes().iter().map(RedisServer::url).collect(),
+        }
+    }
+
+    /// The gateways' and publishers' `GATEWAY_REDIS_MODE`.
+    pub(crate) fn mode(&self) -> RedisMode {
+        match &self.servers {
+            Servers::One(_) => RedisMode::Standalone,
+            Servers::Cluster(_) => RedisMode::Cluster,
+        }
+    }
+
+    /// Where publishers connect.
+    pub(crate) fn topology(&self) -> Result<RedisTopology> {
+        Ok(RedisTopology::parse(self.mode(), &self.url(), None)?)
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        unregister(self.pid);
+        for pid in &self.pids {
+            unregister(*pid);
+        }
     }
 }
 

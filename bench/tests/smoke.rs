@@ -118,6 +118,20 @@ fn many_channels() {
 }
 
 #[test]
+fn many_channels_on_a_redis_cluster() {
+    let out = smoke(&["many-channels", "--redis-cluster", "3"]);
+    assert_figures(
+        &out,
+        &[
+            "deliveries",
+            "delivered / expected",
+            "Redis CPU, master 1 (of one core)",
+            "Redis CPU, master 3 (of one core)",
+        ],
+    );
+}
+
+#[test]
 fn storm() {
     let out = smoke(&["storm"]);
     assert_figures(

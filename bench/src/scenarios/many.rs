@@ -36,6 +36,9 @@ pub(crate) struct ManyArgs {
     /// Size of each event's data in bytes.
     #[arg(long, default_value_t = 100)]
     event_bytes: usize,
+    /// Runs on a Redis Cluster of this many masters (sharded pub/sub) instead of one Redis.
+    #[arg(long)]
+    redis_cluster: Option<usize>,
 }
 
 const LABEL: &str = "many-channels";
@@ -89,7 +92,10 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
     let replicas = args.replicas.max(1);
     let group_size = args.group_size.max(1);
 
-    let redis = Redis::start().await?;
+    let redis = match args.redis_cluster {
+        Some(masters) => Redis::start_cluster(masters.max(1)).await?,
+        None => Redis::start().await?,
+    };
     let gateways = bench.gateways(&redis, replicas, LABEL, |spec| spec).await?;
     let plan = plan(bench, &gateways, n, group_size);
     let mut fleet = Fleet::start(LABEL, &bench.fleet, &plan).await?;
@@ -105,10 +111,10 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         ),
     );
 
-    let publisher = Publisher::connect(&redis.url())?;
+    let publisher = Publisher::connect_to(&redis.topology()?)?;
     fleet.snapshot().await?;
     let before = fleet.deliveries().await?;
-    let redis_before = redis_cpu_seconds(&redis.url()).await?;
+    let redis_before = servers_cpu(&redis).await?;
     let cpu_before = gateway_cpu(&gateways)?;
     let client_cpu_before = fleet.cpu_seconds()?;
     let published = load::paced(
@@ -120,7 +126,13 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         || random_channel(&channels),
     )
     .await?;
-    let redis_cpu = redis_cpu_seconds(&redis.url()).await? - redis_before;
+    let redis_after = servers_cpu(&redis).await?;
+    let per_server: Vec<f64> = redis_after
+        .iter()
+        .zip(&redis_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let redis_cpu: f64 = per_server.iter().sum();
     let delivered = fleet
         .wait_deliveries(
             before + published.expected_deliveries,
@@ -145,6 +157,10 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
     report.param("group_size", group_size);
     report.param("target_rate", rate);
     report.param("duration_s", duration.as_secs_f64());
+    report.param(
+        "redis",
+        format!("{} ({} server(s))", redis.mode(), per_server.len()),
+    );
     report.add("channels", channels.len() as f64, Unit::Count);
     report.add(
         "events published",
@@ -174,6 +190,15 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         redis_cpu / seconds * 100.0,
         Unit::Percent,
     );
+    if per_server.len() > 1 {
+        for (index, cpu) in per_server.iter().enumerate() {
+            report.add(
+                &format!("Redis CPU, master {} (of one core)", index + 1),
+                cpu / seconds * 100.0,
+                Unit::Percent,
+            );
+        }
+    }
     report.add(
         "gateway CPU (all replicas, of one core)",
         cpu / seconds * 100.0,
@@ -193,4 +218,13 @@ pub(crate) async fn run(bench: &Bench, args: &ManyArgs) -> Result<Report> {
         report.note(note);
     }
     Ok(report)
+}
+
+/// Each Redis server's CPU seconds so far.
+async fn servers_cpu(redis: &Redis) -> Result<Vec<f64>> {
+    let mut seconds = Vec::new();
+    for url in redis.server_urls() {
+        seconds.push(redis_cpu_seconds(&url).await?);
+    }
+    Ok(seconds)
 }

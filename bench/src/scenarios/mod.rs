@@ -48,7 +48,9 @@ impl Bench {
         let mut gateways = Vec::with_capacity(n);
         for k in 0..n {
             let letter = char::from(b'a' + u8::try_from(k % 26).unwrap_or(0));
-            let spec = customize(GatewaySpec::new(&format!("{label}-{letter}"), &redis.url()));
+            let spec = GatewaySpec::new(&format!("{label}-{letter}"), &redis.url())
+                .env("GATEWAY_REDIS_MODE", redis.mode().as_str());
+            let spec = customize(spec);
             gateways.push(Gateway::start(&self.gateway_bin, &spec).await?);
         }
         progress(
