@@ -1,7 +1,8 @@
 /**
- * Real processes for the end-to-end and browser tests: a throwaway `redis-server`, gateway
- * replicas (the Rust binary) and nginx in front of them, each on free loopback ports, killed
- * when the test ends — and when the test process exits, however it exits.
+ * Real processes for the end-to-end and browser tests: a throwaway `redis-server` (or a Redis
+ * Cluster of them, or one behind a sentinel), gateway replicas (the Rust binary) and nginx in
+ * front of them, each on free loopback ports, killed when the test ends — and when the test
+ * process exits, however it exits.
  *
  *   const cluster = await Cluster.start({ replicas: 2, toml });
  *   cluster.url                      // ws://127.0.0.1:<nginx>/ws
@@ -10,7 +11,7 @@
  *   await cluster.stop();
  */
 
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
@@ -212,6 +213,134 @@ export class TestRedis {
     this.child.kill("SIGKILL");
     await exited(this.child);
     removeDir(this.dir);
+  }
+}
+
+/** `count` distinct free loopback ports. */
+async function freePorts(count: number): Promise<number[]> {
+  const ports = new Set<number>();
+  while (ports.size < count) ports.add(await freePort());
+  return [...ports];
+}
+
+/** Runs `redis-cli` with `args`: its output, or a rejection with what it said. */
+export async function redisCli(args: readonly string[], timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile("redis-cli", [...args], { timeout: timeoutMs }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`redis-cli ${args.join(" ")}: ${error.message}\n${stdout}${stderr}`, { cause: error }));
+      else resolve(stdout);
+    });
+  });
+}
+
+/**
+ * A Redis Cluster of `masters` masters without replicas, each a `redis-server` on a free
+ * loopback port (its cluster bus on another), its slots spread by `redis-cli --cluster create`.
+ */
+export class TestRedisCluster {
+  private constructor(
+    readonly ports: readonly number[],
+    private readonly children: readonly ChildProcess[],
+    readonly dir: string,
+  ) {}
+
+  static async start(masters = 3): Promise<TestRedisCluster> {
+    const dir = tempDir("cluster");
+    const free = await freePorts(masters * 2);
+    const ports = free.slice(0, masters);
+    const children = ports.map((port, i) =>
+      track(
+        spawn(
+          "redis-server",
+          [
+            ...["--cluster-enabled", "yes", "--cluster-config-file", join(dir, `nodes-${port}.conf`)],
+            // The bus port is named: port + 10000, the default, may be taken or past 65535.
+            ...["--port", String(port), "--cluster-port", String(free[masters + i])],
+            ...["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--logfile", join(dir, `redis-${port}.log`)],
+          ],
+          { stdio: "ignore" },
+        ),
+      ),
+    );
+    const cluster = new TestRedisCluster(ports, children, dir);
+    try {
+      await Promise.all(ports.map((port) => waitFor(`cluster node on port ${port}`, () => redisPing(port), 10_000)));
+      await redisCli(["--cluster", "create", ...ports.map((port) => `127.0.0.1:${port}`), "--cluster-replicas", "0", "--cluster-yes"]);
+      await waitFor(
+        "cluster_state:ok on every node",
+        async () => {
+          const infos = await Promise.all(ports.map((port) => redisCli(["-p", String(port), "cluster", "info"])));
+          return infos.every((info) => info.includes("cluster_state:ok") && info.includes(`cluster_known_nodes:${masters}`));
+        },
+        30_000,
+      );
+      return cluster;
+    } catch (error) {
+      const logText = tail(join(dir, `redis-${ports[0] ?? 0}.log`));
+      await cluster.stop();
+      throw new Error(`${String(error)}\n${logText}`, { cause: error });
+    }
+  }
+
+  /** The seed nodes, as the publisher's `url` takes them: every node, comma-separated. */
+  get url(): string {
+    return this.ports.map((port) => `redis://127.0.0.1:${port}`).join(",");
+  }
+
+  async stop(): Promise<void> {
+    for (const child of this.children) child.kill("SIGKILL");
+    await Promise.all(this.children.map(exited));
+    removeDir(this.dir);
+  }
+}
+
+/** A master `redis-server` and one sentinel watching it as `name` (a quorum of 1), on free loopback ports. */
+export class TestSentinel {
+  private constructor(
+    readonly master: TestRedis,
+    readonly port: number,
+    readonly name: string,
+    private readonly child: ChildProcess,
+    readonly dir: string,
+  ) {}
+
+  static async start(name = "mymaster"): Promise<TestSentinel> {
+    const master = await TestRedis.start();
+    const port = await freePort();
+    const dir = tempDir("sentinel");
+    // A sentinel rewrites its configuration file: it must be its own, and writable.
+    const config = join(dir, "sentinel.conf");
+    writeFileSync(config, [`port ${port}`, "bind 127.0.0.1", `dir ${dir}`, `sentinel monitor ${name} 127.0.0.1 ${master.port} 1`, ""].join("\n"));
+    const log = join(dir, "sentinel.log");
+    const child = track(spawn("redis-server", [config, "--sentinel", "--logfile", log], { stdio: "ignore" }));
+    const sentinel = new TestSentinel(master, port, name, child, dir);
+    try {
+      await waitFor(
+        `the sentinel on port ${port} to name ${name}`,
+        async () => {
+          const reply = await redisCli(["-p", String(port), "sentinel", "get-master-addr-by-name", name]).catch(() => "");
+          return reply.split("\n").includes(String(master.port));
+        },
+        10_000,
+      );
+      return sentinel;
+    } catch (error) {
+      const logText = tail(log);
+      await sentinel.stop();
+      throw new Error(`${String(error)}\n${logText}`, { cause: error });
+    }
+  }
+
+  /** The sentinel, as the publisher's `url` takes it in sentinel mode. */
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.child.kill("SIGKILL");
+    await exited(this.child);
+    removeDir(this.dir);
+    await this.master.stop();
   }
 }
 

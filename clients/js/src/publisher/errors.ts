@@ -12,6 +12,7 @@
  *   │   ├── InvalidTarget             not exactly one target; no channels         invalid_target
  *   │   ├── InvalidIdempotencyKey     not 1 to 128 bytes; on a client type        invalid_idempotency_key
  *   │   └── InvalidData               not serialisable as JSON                    invalid_data
+ *   ├── InvalidConfiguration          the publisher's options do not fit together invalid_configuration
  *   └── PublishFailed                 Redis failed or refused; `cause` says why   publish_failed
  *
  * Each has the `code` that the shared test vectors (`publisher/vectors/publish.json`) name.
@@ -83,6 +84,15 @@ export class InvalidIdempotencyKey extends InvalidPublish {
 /** The event's data cannot be written as JSON (NaN, a BigInt, a cycle, a lone surrogate, a Map…). */
 export class InvalidData extends InvalidPublish {
   override readonly code: string = "invalid_data";
+}
+
+/**
+ * The publisher's options do not fit together: an unknown mode, several URLs outside cluster and
+ * sentinel mode, sentinel mode without its master's name, a master's name outside it, a URL that
+ * is not `redis://` or `rediss://`. Thrown by `new Publisher(…)`, before anything is connected.
+ */
+export class InvalidConfiguration extends PublisherError {
+  override readonly code: string = "invalid_configuration";
 }
 
 /**

@@ -7,6 +7,9 @@
  *   keeps history, when the gateways' namespaces are unknown, or when it has an idempotency
  *   key; otherwise, like client-type and broadcast events, it is a plain
  *   `PUBLISH <topic> <envelope>`;
+ * - on a Redis Cluster a channel's topic carries its hash tag (`<prefix>:ch:{<channel>}`), a
+ *   channel message without history is an `SPUBLISH`, and the script gets only the keys of the
+ *   channel's slot, with the window and policy it cannot read there (see {@link BuildContext});
  * - the envelope is compact JSON with its fields in this order: `channel` | `client_type` |
  *   `broadcast` (only when true), `event`, `data`, `timestamp`, `exclude_client` (when set).
  *
@@ -16,7 +19,9 @@
 
 import { InvalidData, InvalidIdempotencyKey, InvalidPublish, InvalidTarget } from "./errors.js";
 import { channelName, clientTypeName, eventName, hasLoneSurrogate, namespace, personalChannel, userId, utf8Length } from "./names.js";
+import { NO_HISTORY, replyText, type Namespaces } from "./namespaces.js";
 import { SCRIPT_SHA1 } from "./script.js";
+import type { RedisMode } from "./topology.js";
 
 /** The admin API's publish fields (`POST /api/publish`): what {@link fromFields} takes. */
 export interface PublishFields {
@@ -61,6 +66,8 @@ export interface Publish {
 export interface Message {
   /** The channel, for channel and user events; else null. */
   readonly channel: string | null;
+  /** The pub/sub topic it goes to; on a cluster, its hash slot is the message's. */
+  readonly topic: string;
   /** Sent through the history script (its reply is `[offset, epoch, duplicate]`). */
   readonly scripted: boolean;
   /** The command and its arguments, as sent. */
@@ -255,15 +262,21 @@ function envelope(destination: Destination, publish: Publish, timestamp: string)
   return `${head}"event":${JSON.stringify(publish.event)},"data":${publish.data},"timestamp":${JSON.stringify(timestamp)}${tail}`;
 }
 
-function topic(prefix: string, destination: Destination): string {
+/** The topic a message goes to; on a cluster a channel's carries its hash tag: `<prefix>:ch:{<channel>}`. */
+function topic(prefix: string, destination: Destination, sharded: boolean): string {
   switch (destination.kind) {
     case "channel":
-      return `${prefix}:ch:${destination.name}`;
+      return sharded ? `${prefix}:ch:{${destination.name}}` : `${prefix}:ch:${destination.name}`;
     case "client_type":
       return `${prefix}:ct:${destination.name}`;
     case "broadcast":
       return `${prefix}:broadcast`;
   }
+}
+
+/** The hash of the gateways' settings: `<prefix>:namespaces`, on a cluster `{<prefix>}:namespaces`. */
+export function namespacesKey(prefix: string, mode: RedisMode = "standalone"): string {
+  return mode === "cluster" ? `{${prefix}}:namespaces` : `${prefix}:namespaces`;
 }
 
 /** How {@link build} publishes. */
@@ -273,80 +286,64 @@ export interface BuildContext {
   /** The one timestamp of every event of the call. */
   timestamp: string;
   /**
-   * The namespaces that keep history ({@link historyNamespaces}), or null when the gateways'
-   * settings could not be read: then every channel event is scripted, which is always correct.
+   * The gateways' settings (`readNamespaces` of `publisher/namespaces.ts`), or null when they
+   * could not be read: then every channel event is scripted, which is always correct — except
+   * on a cluster, where the script cannot read them itself and they must be known.
    */
-  history: ReadonlySet<string> | null;
+  namespaces: Namespaces | null;
+  /**
+   * Where Redis runs: `standalone` by default. On a `cluster` channels use sharded pub/sub and
+   * the script gets only keys of the channel's slot; `sentinel` writes what `standalone` writes.
+   */
+  mode?: RedisMode;
+}
+
+/**
+ * The history script's call for `channel` (see `publisher/src/wire/script.rs`,
+ * `PublishCall::invocation`): KEYS stream, meta, then the namespaces hash and the idempotency
+ * key or `""`; on a cluster only the keys of the channel's slot (stream, meta, the idempotency
+ * key when there is one), with the window, the policy and `SPUBLISH` in ARGV.
+ */
+function scriptCall(prefix: string, channel: string, to: string, payload: string, key: string | null, cluster: Namespaces | null): string[] {
+  const ns = namespace(channel);
+  const keys = [`${prefix}:{${channel}}:stream`, `${prefix}:{${channel}}:meta`];
+  const idempotency = key === null ? "" : `${prefix}:{${channel}}:idem:${key}`;
+  if (cluster === null) {
+    // The idempotency window and the namespace's policy: the script reads both from the
+    // namespaces hash, where the gateways wrote them.
+    return ["EVALSHA", SCRIPT_SHA1, "4", ...keys, namespacesKey(prefix), idempotency, to, payload, ns, "", ""];
+  }
+  // On a cluster every key shares the channel's slot: no namespaces key, and no empty
+  // idempotency key (it would hash to slot 0); the caller passes what the script cannot read.
+  if (key !== null) keys.push(idempotency);
+  const policy = cluster.history.get(ns) ?? NO_HISTORY;
+  return ["EVALSHA", SCRIPT_SHA1, String(keys.length), ...keys, to, payload, ns, cluster.windowMs, policy, "SPUBLISH"];
 }
 
 /**
  * The Redis commands of `publishes`, published together: one list per publish, one message per
- * destination. Without the `SCRIPT LOAD` that leads them while the script is not loaded.
+ * destination. Without the `SCRIPT LOAD` that leads them while the script is not loaded. On a
+ * cluster, `pipelines` (`publisher/pipelines.ts`) groups the messages by slot. Throws a
+ * TypeError for a cluster without `namespaces`.
  */
 export function build(publishes: readonly Publish[], context: BuildContext): Message[][] {
-  const { prefix, timestamp, history } = context;
-  const namespacesKey = `${prefix}:namespaces`;
+  const { prefix, timestamp, namespaces } = context;
+  const sharded = context.mode === "cluster";
+  if (sharded && namespaces === null) throw new TypeError("on a Redis Cluster the gateways' namespaces must be known");
   return publishes.map((publish) =>
     publish.destinations.map((destination): Message => {
       const payload = envelope(destination, publish, timestamp);
-      const to = topic(prefix, destination);
-      if (destination.kind !== "channel") return { channel: null, scripted: false, command: ["PUBLISH", to, payload] };
+      const to = topic(prefix, destination, sharded);
+      if (destination.kind !== "channel") return { channel: null, topic: to, scripted: false, command: ["PUBLISH", to, payload] };
       const channel = destination.name;
-      const ns = namespace(channel);
       const key = publish.idempotencyKey;
-      if (key === null && history !== null && !history.has(ns)) {
-        return { channel, scripted: false, command: ["PUBLISH", to, payload] };
+      if (key === null && namespaces !== null && !namespaces.history.has(namespace(channel))) {
+        return { channel, topic: to, scripted: false, command: [sharded ? "SPUBLISH" : "PUBLISH", to, payload] };
       }
-      const command = [
-        "EVALSHA",
-        SCRIPT_SHA1,
-        "4",
-        `${prefix}:{${channel}}:stream`,
-        `${prefix}:{${channel}}:meta`,
-        namespacesKey,
-        key === null ? "" : `${prefix}:{${channel}}:idem:${key}`,
-        to,
-        payload,
-        ns,
-        // The idempotency window and the namespace's policy: the script reads both from the
-        // namespaces hash, where the gateways wrote them.
-        "",
-        "",
-      ];
-      return { channel, scripted: true, command };
+      const command = scriptCall(prefix, channel, to, payload, key, sharded ? namespaces : null);
+      return { channel, topic: to, scripted: true, command };
     }),
   );
-}
-
-function text(value: unknown): string {
-  if (typeof value === "string") return value;
-  if (value instanceof Uint8Array) return new TextDecoder().decode(value);
-  return String(value);
-}
-
-/** The fields and values of an `HGETALL` reply: a flat array (RESP2), an object or a Map (RESP3). */
-function entries(reply: unknown): [string, string][] {
-  if (Array.isArray(reply)) {
-    const pairs: [string, string][] = [];
-    for (let i = 0; i + 1 < reply.length; i += 2) pairs.push([text(reply[i]), text(reply[i + 1])]);
-    return pairs;
-  }
-  if (reply instanceof Map) return [...reply.entries()].map(([field, value]) => [text(field), text(value)]);
-  if (typeof reply === "object" && reply !== null) return Object.entries(reply).map(([field, value]) => [field, text(value)]);
-  throw new TypeError(`unexpected reply to HGETALL: ${String(reply)}`);
-}
-
-/**
- * The namespaces that keep history, from the hash `<prefix>:namespaces` (field = namespace,
- * value = `"<size> <ttl_ms>"`): those whose size is not 0. Fields starting with `:` are the
- * gateways' settings (`:idempotency_window_ms`), never namespaces.
- */
-export function historyNamespaces(reply: unknown): Set<string> {
-  const names = new Set<string>();
-  for (const [field, policy] of entries(reply)) {
-    if (!field.startsWith(":") && !policy.startsWith("0 ")) names.add(field);
-  }
-  return names;
 }
 
 /**
@@ -360,6 +357,6 @@ export function receipt(message: Message, reply: unknown): Receipt {
   if (typeof offset !== "number" || typeof duplicate !== "number" || !Number.isSafeInteger(offset)) {
     throw new TypeError(`unexpected reply to the publish script: ${String(reply)}`);
   }
-  if (offset > 0) return { channel: message.channel, offset, epoch: text(epoch), duplicate: duplicate === 1 };
+  if (offset > 0) return { channel: message.channel, offset, epoch: replyText(epoch), duplicate: duplicate === 1 };
   return { channel: message.channel, offset: null, epoch: null, duplicate: duplicate === 1 };
 }

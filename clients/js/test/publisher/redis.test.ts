@@ -15,21 +15,13 @@ import { SCRIPT, SCRIPT_SHA1 } from "../../src/publisher/script.js";
 import { Publisher, type Receipt } from "../../src/publisher.js";
 import { freePort, sleep, TestRedis } from "../harness.js";
 import { Monitor } from "./monitor.js";
-import { CASES, VECTORS, itemsOf } from "./vectors.js";
+import { CASES, VECTORS, itemsOf, withFixedTimestamp } from "./vectors.js";
 
 type Control = ReturnType<typeof createClient>;
 
-const TIMESTAMP = /"timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"/g;
 const LOAD = ["SCRIPT", "LOAD", SCRIPT];
 const POLICIES = { default: "100 600000", personal: "50 300000" };
 const NONE: Receipt = { channel: null, offset: null, epoch: null, duplicate: false };
-
-/** The commands with their one timestamp (one per call) replaced by the vectors'. */
-function withFixedTimestamp(commands: string[][]): string[][] {
-  const stamps = new Set(commands.flatMap((command) => command.flatMap((arg) => [...arg.matchAll(TIMESTAMP)].map((m) => m[1]))));
-  assert.ok(stamps.size <= 1, `one timestamp per call: ${[...stamps].join(", ")}`);
-  return commands.map((command) => command.map((arg) => arg.replace(TIMESTAMP, `"timestamp":"${VECTORS.timestamp}"`)));
-}
 
 /** A TCP proxy in front of Redis that counts the chunks each client connection writes. */
 class CountingProxy {

@@ -1,9 +1,13 @@
 /** The shared test vectors, `publisher/vectors/publish.json`, as the tests read them. */
 
+import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { build, fromFields, historyNamespaces } from "../../src/publisher/wire.js";
+import { readNamespaces } from "../../src/publisher/namespaces.js";
+import { pipelines } from "../../src/publisher/pipelines.js";
+import type { RedisMode } from "../../src/publisher/topology.js";
+import { build, fromFields } from "../../src/publisher/wire.js";
 import { REPO_DIR } from "../harness.js";
 
 export interface Case {
@@ -12,6 +16,10 @@ export interface Case {
   publish?: unknown;
   batch?: unknown[];
   commands?: string[][];
+  /** On a Redis Cluster: one pipeline per hash slot, instead of `commands`. */
+  pipelines?: string[][][];
+  /** `cluster` for a Redis Cluster; standalone otherwise. */
+  mode?: RedisMode;
   error?: string;
 }
 
@@ -34,13 +42,39 @@ export function itemsOf(c: Case): unknown[] {
   return c.batch ?? [c.publish];
 }
 
-/** The commands the pure builder makes of a case, at the vectors' timestamp and namespaces. */
-export function commandsOf(c: Case): string[][] {
+/**
+ * The pipelines the publisher's pure functions make of a case, at the vectors' timestamp and
+ * namespaces, in the case's mode: each a list of commands.
+ */
+export function pipelinesOf(c: Case): string[][][] {
   const publishes = itemsOf(c).map((item) => fromFields(item));
-  const batch = build(publishes, {
+  const mode = c.mode ?? "standalone";
+  const messages = build(publishes, {
     prefix: c.prefix ?? VECTORS.prefix,
     timestamp: VECTORS.timestamp,
-    history: historyNamespaces(VECTORS.namespaces),
-  });
-  return batch.flat().map((message) => [...message.command]);
+    namespaces: readNamespaces(VECTORS.namespaces),
+    mode,
+  }).flat();
+  return pipelines(messages, mode).map((indexes) => indexes.map((index) => [...(messages[index]?.command ?? [])]));
+}
+
+/** The commands of a case in one list: its one pipeline, or its cluster pipelines one after the other. */
+export function commandsOf(c: Case): string[][] {
+  return pipelinesOf(c).flat();
+}
+
+/** What a case expects: its pipelines, or its commands as one pipeline (none for no commands). */
+export function expectedPipelines(c: Case): string[][][] | undefined {
+  if (c.pipelines !== undefined) return c.pipelines;
+  if (c.commands === undefined) return undefined;
+  return c.commands.length === 0 ? [] : [c.commands];
+}
+
+const TIMESTAMP = /"timestamp":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"/g;
+
+/** The commands with their one timestamp (one per call) replaced by the vectors'. */
+export function withFixedTimestamp(commands: string[][]): string[][] {
+  const stamps = new Set(commands.flatMap((command) => command.flatMap((arg) => [...arg.matchAll(TIMESTAMP)].map((m) => m[1]))));
+  assert.ok(stamps.size <= 1, `one timestamp per call: ${[...stamps].join(", ")}`);
+  return commands.map((command) => command.map((arg) => arg.replace(TIMESTAMP, `"timestamp":"${VECTORS.timestamp}"`)));
 }

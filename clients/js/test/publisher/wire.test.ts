@@ -18,12 +18,18 @@ import {
   PublisherError,
   PublishFailed,
   ReservedEvent,
+  InvalidConfiguration,
 } from "../../src/publisher/errors.js";
 import { RESERVED_EVENT_NAMES, namespace, userId } from "../../src/publisher/names.js";
+import type { Namespaces } from "../../src/publisher/namespaces.js";
+import { pipelines, slotOf } from "../../src/publisher/pipelines.js";
+import { SCRIPT_SHA1 } from "../../src/publisher/script.js";
+import type { RedisMode } from "../../src/publisher/topology.js";
 import {
   build,
   encodeData,
   fromFields,
+  namespacesKey,
   receipt,
   timestampNow,
   toChannels,
@@ -33,8 +39,13 @@ import {
 } from "../../src/publisher/wire.js";
 import { REPO_DIR } from "../harness.js";
 
-function commands(publish: Publish, history: ReadonlySet<string> | null): string[][] {
-  return build([publish], { prefix: "gw", timestamp: "t", history })
+/** Settings in which the namespaces of `history` keep 10 events, with the window `windowMs`. */
+function settings(history: readonly string[], windowMs = "300000"): Namespaces {
+  return { history: new Map(history.map((name) => [name, "10 0"])), windowMs };
+}
+
+function commands(publish: Publish, history: ReadonlySet<string> | null, mode: RedisMode = "standalone"): string[][] {
+  return build([publish], { prefix: "gw", timestamp: "t", namespaces: history === null ? null : settings([...history]), mode })
     .flat()
     .map((m) => [...m.command]);
 }
@@ -141,16 +152,64 @@ describe("publisher wire", () => {
     );
   });
 
+  it("on a cluster hash-tags the topics and passes the script what it cannot read", () => {
+    const history = new Set(["default"]);
+    const windowed = (publish: Publish) =>
+      build([publish], { prefix: "gw", timestamp: "t", namespaces: settings(["default"], "2000"), mode: "cluster" })
+        .flat()
+        .map((m) => [...m.command]);
+    const [scripted] = windowed(toChannels(["jobs"], "e", null, { idempotencyKey: "k" }));
+    assert.ok(scripted !== undefined);
+    assert.deepEqual(scripted.slice(0, 6), ["EVALSHA", SCRIPT_SHA1, "3", "gw:{jobs}:stream", "gw:{jobs}:meta", "gw:{jobs}:idem:k"]);
+    assert.deepEqual(scripted.slice(6, 7), ["gw:ch:{jobs}"]);
+    assert.deepEqual(scripted.slice(8), ["default", "2000", "10 0", "SPUBLISH"]);
+    // A user id with braces: the topic and the keys still share the channel's slot.
+    const user = commands(fromFields({ user: "{x}", event: "e" }), history, "cluster");
+    assert.deepEqual(user.map((c) => c[0]), ["SPUBLISH"]);
+    assert.equal(user[0]?.[1], "gw:ch:{#{x}}");
+    assert.equal(slotOf("gw:ch:{#{x}}"), slotOf("gw:{#{x}}:stream"));
+    assert.deepEqual(
+      commands(fromFields({ client_type: "gui", event: "e" }), history, "cluster").map((c) => c.slice(0, 2)),
+      [["PUBLISH", "gw:ct:gui"]],
+    );
+    assert.deepEqual(
+      commands(fromFields({ channel: "jobs", event: "e" }), history, "sentinel"),
+      commands(fromFields({ channel: "jobs", event: "e" }), history, "standalone"),
+      "sentinel writes what standalone writes",
+    );
+    assert.throws(() => commands(fromFields({ channel: "jobs", event: "e" }), null, "cluster"), /must be known/);
+    assert.equal(namespacesKey("gw", "cluster"), "{gw}:namespaces");
+    assert.equal(namespacesKey("gw", "sentinel"), "gw:namespaces");
+  });
+
+  it("groups a cluster batch by slot, in the order of each group's first message", () => {
+    const publishes = ["a", "b", "a", "c", "b"].map((channel, i) => toChannels([channel], "e", i));
+    const messages = build(publishes, { prefix: "gw", timestamp: "t", namespaces: settings([]), mode: "cluster" }).flat();
+    assert.deepEqual(pipelines(messages, "cluster"), [
+      [0, 2],
+      [1, 4],
+      [3],
+    ]);
+    assert.deepEqual(pipelines(messages, "standalone"), [[0, 1, 2, 3, 4]]);
+    assert.deepEqual(pipelines([], "cluster"), []);
+    // Channels of one slot share a pipeline: "{a}x" and "a" hash alike.
+    const same = build([toChannels(["a", "b"], "e", null)], { prefix: "gw", timestamp: "t", namespaces: settings([]), mode: "cluster" }).flat();
+    const relabelled = same.map((m, i) => ({ ...m, topic: i === 0 ? "gw:ch:{a}" : "{a}:other" }));
+    assert.deepEqual(pipelines(relabelled, "cluster"), [[0, 1]]);
+    // Redis's own reference value (CLUSTER KEYSLOT foo = 12182).
+    assert.equal(slotOf("foo"), 12182);
+  });
+
   it("writes timestamps in RFC 3339, UTC, with milliseconds", () => {
     assert.match(timestampNow(), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   });
 
   it("reads receipts from the script's replies", () => {
-    const scripted: Message = { channel: "jobs", scripted: true, command: ["EVALSHA"] };
+    const scripted: Message = { channel: "jobs", topic: "gw:ch:jobs", scripted: true, command: ["EVALSHA"] };
     assert.deepEqual(receipt(scripted, [3, "1790000000123456", 0]), { channel: "jobs", offset: 3, epoch: "1790000000123456", duplicate: false });
     assert.deepEqual(receipt(scripted, [3, Buffer.from("e"), 1]), { channel: "jobs", offset: 3, epoch: "e", duplicate: true });
     assert.deepEqual(receipt(scripted, [0, "", 1]), { channel: "jobs", offset: null, epoch: null, duplicate: true });
-    const plain: Message = { channel: null, scripted: false, command: ["PUBLISH"] };
+    const plain: Message = { channel: null, topic: "gw:broadcast", scripted: false, command: ["PUBLISH"] };
     assert.deepEqual(receipt(plain, 2), { channel: null, offset: null, epoch: null, duplicate: false });
     assert.throws(() => receipt(scripted, "OK"), /unexpected reply/);
   });
@@ -165,6 +224,9 @@ describe("publisher wire", () => {
     }
     assert.ok(InvalidPublish.prototype instanceof PublisherError);
     assert.ok(PublishFailed.prototype instanceof PublisherError);
+    assert.ok(InvalidConfiguration.prototype instanceof PublisherError);
+    assert.ok(!(InvalidConfiguration.prototype instanceof InvalidPublish));
+    assert.equal(new InvalidConfiguration("x").code, "invalid_configuration");
     assert.ok(!(PublishFailed.prototype instanceof InvalidPublish));
     assert.throws(
       () => toEveryone("pong", null),
