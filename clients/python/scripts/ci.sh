@@ -2,7 +2,8 @@
 # Lints, type-checks and tests the Python publisher (clients/python) on a fresh Debian machine:
 # installs what is missing, makes a virtual environment in clients/python/.venv (never the
 # system Python), then ruff, mypy --strict and pytest, whose end-to-end tests start their own
-# redis-server and gateway processes on free loopback ports. Arguments go to pytest.
+# redis-server processes (one server, a three-master cluster, a sentinel) and gateway processes
+# on free loopback ports. Arguments go to pytest.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -19,6 +20,8 @@ install() {
 need=()
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v redis-server >/dev/null || need+=(redis-server)
+# The Redis Cluster tests join their nodes with `redis-cli --cluster create`.
+command -v redis-cli >/dev/null || need+=(redis-tools)
 [ ${#need[@]} -eq 0 ] || install "${need[@]}"
 
 # The gateway the end-to-end tests start, and the Rust CLI the vectors are compared with.

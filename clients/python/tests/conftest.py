@@ -1,4 +1,5 @@
-"""Fixtures: one Redis with two gateway replicas, one bare Redis, and publishers of both kinds.
+"""Fixtures: one Redis with two gateway replicas, one bare Redis, a Redis Cluster, a Redis
+watched by a Sentinel, and publishers of both kinds.
 
 Every process started here is stopped at the end of the session (and at exit, should pytest
 be interrupted).
@@ -18,11 +19,11 @@ import pytest
 
 from gateway_publisher import AsyncPublisher, Publisher
 
-from harness import Gateway, RedisServer, Subscriber
+from harness import Gateway, RedisClusterNodes, RedisSentinel, RedisServer, Subscriber
 
 T = TypeVar("T")
 
-_started: list[RedisServer | Gateway] = []
+_started: list[RedisServer | RedisClusterNodes | RedisSentinel | Gateway] = []
 
 
 @atexit.register
@@ -47,6 +48,33 @@ def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer
     _started.append(server)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of three masters, no gateway on it."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    _started.append(cluster)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RedisSentinel, RedisServer]]:
+    """A sentinel and the master it watches (`mymaster`), no gateway on it."""
+    master = RedisServer(tmp_path_factory.mktemp("sentinel-master"))
+    _started.append(master)
+    try:
+        watching = RedisSentinel(tmp_path_factory.mktemp("sentinel"), master.port, "mymaster")
+        _started.append(watching)
+        try:
+            yield watching, master
+        finally:
+            watching.stop()
+    finally:
+        master.stop()
 
 
 @pytest.fixture(scope="session")
@@ -117,11 +145,11 @@ class BlockingAsyncPublisher:
     """An `AsyncPublisher`, running on its own event loop, whose coroutine methods are called
     from synchronous test code: so one test body proves both clients."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, **options: Any) -> None:
         self._loop = EventLoopThread()
 
         async def make() -> AsyncPublisher:
-            return AsyncPublisher.from_url(url, prefix=prefix)
+            return AsyncPublisher.from_url(url, prefix=prefix, **options)
 
         self.inner = self._loop.run(make())
 
@@ -141,10 +169,12 @@ class BlockingAsyncPublisher:
 AnyPublisher = Publisher | BlockingAsyncPublisher
 
 
-def make_publisher(kind: str, url: str, prefix: str = "gw") -> AnyPublisher:
+def make_publisher(kind: str, url: str, prefix: str = "gw", **options: Any) -> AnyPublisher:
+    """A `Publisher` (`kind` "sync") or a `BlockingAsyncPublisher` ("async"); `options` go to
+    `from_url` (`mode`, `sentinel_master`, …)."""
     if kind == "sync":
-        return Publisher.from_url(url, prefix=prefix)
-    return BlockingAsyncPublisher(url, prefix)
+        return Publisher.from_url(url, prefix=prefix, **options)
+    return BlockingAsyncPublisher(url, prefix, **options)
 
 
 @pytest.fixture(params=["sync", "async"])

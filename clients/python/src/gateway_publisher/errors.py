@@ -12,6 +12,8 @@ PublisherError                      anything this library raises
 │   ├── InvalidTarget               invalid_target
 │   ├── InvalidIdempotencyKey       invalid_idempotency_key
 │   └── InvalidData                 invalid_data
+├── InvalidConfiguration            invalid_configuration: the Redis settings do not fit
+│                                   together (also a ValueError); raised by `from_url`
 └── PublishFailed                   publish_failed: Redis failed or refused the publish
 ```
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "InvalidChannel",
     "InvalidClientType",
+    "InvalidConfiguration",
     "InvalidData",
     "InvalidEvent",
     "InvalidIdempotencyKey",
@@ -106,6 +109,14 @@ class InvalidData(InvalidPublish):
     """The event's data cannot be written as JSON (NaN, an unknown type, a lone surrogate…)."""
 
     code = "invalid_data"
+
+
+class InvalidConfiguration(PublisherError, ValueError):
+    """The Redis settings do not fit together: an unknown mode, several URLs in standalone
+    mode, sentinel mode without the master's name, a master's name in another mode, a URL
+    that the mode cannot use. Raised by `from_url`, before anything is connected."""
+
+    code = "invalid_configuration"
 
 
 class PublishFailed(PublisherError):

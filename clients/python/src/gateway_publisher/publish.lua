@@ -7,21 +7,35 @@
 --                                                       and :idempotency_window_ms -> ms;
 --                                                       written by every gateway at start)
 -- KEYS[4] idempotency     <prefix>:{<channel>}:idem:<key>, or "" for none
--- ARGV[1] topic           <prefix>:ch:<channel>
+-- ARGV[1] topic           <prefix>:ch:<channel> (<prefix>:ch:{<channel>} on a cluster)
 -- ARGV[2] message         the bus message as a JSON object, without offset and epoch
 -- ARGV[3] namespace       the channel's namespace (default, personal, or the part before ':')
 -- ARGV[4] window          how long an idempotency key is remembered, in milliseconds, or ""
 --                         for the gateways' window from KEYS[3] (300000 if none is there)
 -- ARGV[5] policy          "<size> <ttl_ms>": the namespace's policy, when the caller knows it
 --                         (gateways do), or "" to read it from KEYS[3]
+-- ARGV[6] "SPUBLISH" on a Redis Cluster, where every key of a call must share the channel's
+--         slot: KEYS[3] is then the idempotency key (or absent), there is no namespaces key,
+--         and ARGV[4] and ARGV[5] must be given. Absent (or "PUBLISH") otherwise.
 --
 -- The offset and epoch go into the message by the rule of publisher::wire::with_position: its
 -- closing '}' becomes ,"offset":<offset>,"epoch":"<epoch>"}.
 --
 -- Returns {offset, epoch, duplicate}: offset 0 and epoch "" where no history is kept;
 -- duplicate 1 when the idempotency key was seen, and then nothing is published.
-if KEYS[4] ~= '' then
-  local seen = redis.call('GET', KEYS[4])
+local sharded = ARGV[6] == 'SPUBLISH'
+local namespaces, idempotency = KEYS[3], KEYS[4]
+if sharded then
+  namespaces, idempotency = nil, KEYS[3]
+  if ARGV[4] == '' or ARGV[5] == '' then
+    return redis.error_reply('ERR on a cluster the caller passes the window and policy')
+  end
+end
+if idempotency == '' then
+  idempotency = nil
+end
+if idempotency then
+  local seen = redis.call('GET', idempotency)
   if seen then
     local offset, epoch = string.match(seen, '^(%d+) (.*)$')
     return {tonumber(offset), epoch, 1}
@@ -30,7 +44,7 @@ end
 local size, ttl = 0, 0
 local policy = ARGV[5]
 if not policy or policy == '' then
-  policy = redis.call('HGET', KEYS[3], ARGV[3])
+  policy = redis.call('HGET', namespaces, ARGV[3])
 end
 if policy then
   local s, t = string.match(policy, '^(%d+) (%d+)$')
@@ -55,15 +69,19 @@ if size > 0 then
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
 end
-redis.call('PUBLISH', ARGV[1], message)
-if KEYS[4] ~= '' then
+if sharded then
+  redis.call('SPUBLISH', ARGV[1], message)
+else
+  redis.call('PUBLISH', ARGV[1], message)
+end
+if idempotency then
   local window = ARGV[4]
   if window == '' then
-    window = redis.call('HGET', KEYS[3], ':idempotency_window_ms') or '300000'
+    window = redis.call('HGET', namespaces, ':idempotency_window_ms') or '300000'
   end
   window = tonumber(window) or 300000
   if window > 0 then
-    redis.call('SET', KEYS[4], offset .. ' ' .. epoch, 'PX', window)
+    redis.call('SET', idempotency, offset .. ' ' .. epoch, 'PX', window)
   end
 end
 return {offset, epoch, 0}

@@ -6,11 +6,16 @@ publish becomes one bus message per destination (one per channel for several cha
 - a channel or user event goes through the history script (`EVALSHA`) when its namespace
   keeps history, when the gateways' namespaces are unknown, or when it has an idempotency key;
   otherwise, like client-type and broadcast events, it is a plain `PUBLISH <topic> <envelope>`;
+- on a Redis Cluster (`mode="cluster"`) a channel's topic carries its hash tag
+  (`<prefix>:ch:{<channel>}`), a channel message without history is an `SPUBLISH`, and the
+  script gets only the keys of the channel's slot, with the idempotency window and the
+  namespace's policy read from `{<prefix>}:namespaces` (see `Namespaces`);
 - the envelope is compact JSON with its fields in this order: `channel` | `client_type` |
   `broadcast` (only when true), `event`, `data`, `timestamp`, `exclude_client` (when set).
 
-`build` turns validated publishes into those commands without touching Redis; both clients
-and the test vectors (`publisher/vectors/publish.json`) go through it.
+`build` turns validated publishes into those commands without touching Redis, and `pipelines`
+says which of them go out together (on a cluster: one pipeline per hash slot); both clients
+and the test vectors (`publisher/vectors/publish.json`) go through them.
 """
 
 from __future__ import annotations
@@ -23,18 +28,28 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Literal
 
+from redis.crc import key_slot
+
 from .errors import InvalidData, InvalidIdempotencyKey, InvalidPublish, InvalidTarget
 from .names import channel_name, client_type_name, event_name, namespace, personal_channel, user_id
+from .topology import RedisMode
 
 __all__ = [
+    "DEFAULT_IDEMPOTENCY_WINDOW_MS",
+    "IDEMPOTENCY_WINDOW_FIELD",
+    "NO_HISTORY",
     "SCRIPT",
     "SCRIPT_SHA1",
     "Destination",
     "Message",
+    "Namespaces",
     "Publish",
     "Receipt",
     "build",
     "history_namespaces",
+    "namespaces_key",
+    "pipelines",
+    "read_namespaces",
     "receipt",
     "timestamp_now",
 ]
@@ -43,6 +58,16 @@ __all__ = [
 SCRIPT: bytes = resources.files(__package__).joinpath("publish.lua").read_bytes()
 #: Its SHA1, the name Redis knows it by (`EVALSHA`).
 SCRIPT_SHA1: str = hashlib.sha1(SCRIPT).hexdigest()
+
+#: The field of the namespaces hash where the gateways write their idempotency window, in ms.
+#: Its leading colon keeps it apart from every namespace name.
+IDEMPOTENCY_WINDOW_FIELD = ":idempotency_window_ms"
+#: The idempotency window, in ms, where no gateway wrote one (the script's default too).
+DEFAULT_IDEMPOTENCY_WINDOW_MS = "300000"
+#: The policy passed to the script, on a cluster, for a namespace that keeps no history.
+NO_HISTORY = "0 0"
+#: The largest window the Rust crate reads (a u64 of milliseconds).
+_U64_MAX = 2**64 - 1
 
 #: The publish fields of the gateway's admin API (`POST /api/publish`).
 _FIELDS = frozenset(
@@ -254,6 +279,53 @@ class Message:
     scripted: bool
     #: The command and its arguments, as sent.
     command: tuple[str, ...]
+    #: The pub/sub topic it goes to; on a cluster its hash slot is the message's (`pipelines`).
+    topic: str = ""
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    """What the gateways wrote to the hash `<prefix>:namespaces` (`{<prefix>}:namespaces` on a
+    cluster), as a publisher needs it. Read one with `read_namespaces`."""
+
+    #: The namespaces that keep history (whose policy does not start with `"0 "`), each with
+    #: its policy `"<size> <ttl_ms>"` as the hash holds it.
+    history: Mapping[str, str]
+    #: The idempotency window in ms, in decimal: the gateways', else 300000.
+    window_ms: str = DEFAULT_IDEMPOTENCY_WINDOW_MS
+
+    def policy(self, namespace: str) -> str:
+        """The policy the script gets on a cluster: the namespace's, or `"0 0"` (none)."""
+        return self.history.get(namespace, NO_HISTORY)
+
+
+def _window(value: str) -> str | None:
+    """The window as the Rust crate reads it (a u64 of milliseconds), in decimal; else None."""
+    digits = value[1:] if value.startswith("+") else value
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return None
+    ms = int(digits)
+    return str(ms) if ms <= _U64_MAX else None
+
+
+def read_namespaces(fields: Mapping[Any, Any]) -> Namespaces:
+    """The settings in the fields of the namespaces hash (what `HGETALL` answered, as bytes or
+    text): field = namespace, value = its policy `"<size> <ttl_ms>"`, and the idempotency
+    window under `:idempotency_window_ms`. Fields starting with `:` are settings, never
+    namespaces."""
+    history: dict[str, str] = {}
+    window = DEFAULT_IDEMPOTENCY_WINDOW_MS
+    for raw_field, raw_value in fields.items():
+        field, value = _text(raw_field), _text(raw_value)
+        if field == IDEMPOTENCY_WINDOW_FIELD:
+            window = _window(value) or DEFAULT_IDEMPOTENCY_WINDOW_MS
+        elif not field.startswith(":") and not value.startswith("0 "):
+            history[field] = value
+    return Namespaces(history, window)
 
 
 def _envelope(destination: Destination, publish: Publish, timestamp: str) -> str:
@@ -273,8 +345,10 @@ def _envelope(destination: Destination, publish: Publish, timestamp: str) -> str
     )
 
 
-def _topic(prefix: str, destination: Destination) -> str:
+def _topic(prefix: str, destination: Destination, sharded: bool) -> str:
     match destination.kind:
+        case "channel" if sharded:
+            return f"{prefix}:ch:{{{destination.name}}}"
         case "channel":
             return f"{prefix}:ch:{destination.name}"
         case "client_type":
@@ -283,59 +357,109 @@ def _topic(prefix: str, destination: Destination) -> str:
             return f"{prefix}:broadcast"
 
 
+def namespaces_key(prefix: str, mode: RedisMode = "standalone") -> str:
+    """The hash of the gateways' settings: `<prefix>:namespaces`, on a cluster
+    `{<prefix>}:namespaces` (the node registry's keys share the prefix's slot)."""
+    return f"{{{prefix}}}:namespaces" if mode == "cluster" else f"{prefix}:namespaces"
+
+
+def _script_call(
+    prefix: str,
+    channel: str,
+    topic: str,
+    payload: str,
+    key: str | None,
+    cluster: Namespaces | None,
+) -> tuple[str, ...]:
+    """The history script's call (`PublishCall::invocation` of `publisher/src/wire/script.rs`):
+    KEYS stream, meta, then the namespaces hash and the idempotency key or `""`; on a cluster
+    only the keys of the channel's slot, with the window, the policy and `SPUBLISH` in ARGV."""
+    ns = namespace(channel)
+    keys = [f"{prefix}:{{{channel}}}:stream", f"{prefix}:{{{channel}}}:meta"]
+    idempotency = "" if key is None else f"{prefix}:{{{channel}}}:idem:{key}"
+    if cluster is None:
+        # The idempotency window and the namespace's policy: the script reads both from the
+        # namespaces hash, where the gateways wrote them.
+        keys += [namespaces_key(prefix), idempotency]
+        return ("EVALSHA", SCRIPT_SHA1, str(len(keys)), *keys, topic, payload, ns, "", "")
+    # On a cluster every key shares the channel's slot: no namespaces key, and no empty
+    # idempotency key (it would hash to slot 0); the caller passes what the script cannot read.
+    if key is not None:
+        keys.append(idempotency)
+    window, policy = cluster.window_ms, cluster.policy(ns)
+    return (
+        "EVALSHA",
+        SCRIPT_SHA1,
+        str(len(keys)),
+        *keys,
+        topic,
+        payload,
+        ns,
+        window,
+        policy,
+        "SPUBLISH",
+    )
+
+
 def build(
     publishes: Sequence[Publish],
     *,
     prefix: str,
     timestamp: str,
-    history: Set[str] | None,
+    history: Set[str] | None = None,
+    mode: RedisMode = "standalone",
+    namespaces: Namespaces | None = None,
 ) -> list[list[Message]]:
     """The Redis commands of `publishes`, published together at `timestamp`: one list per
-    publish, one message per destination.
+    publish, one message per destination. Without the `SCRIPT LOAD` that leads them while the
+    script is not loaded.
 
-    `history` is the set of namespaces that keep history (see `history_namespaces`), or `None`
-    when the gateways' policies could not be read: then every channel event is scripted, which
-    is always correct.
+    What the gateways wrote to the namespaces hash is `namespaces` (`read_namespaces`), or
+    just `history`, the set of namespaces that keep history (`history_namespaces`); with
+    neither, the settings are unknown and every channel event is scripted, which is always
+    correct — except in `mode="cluster"`, where the script cannot read them itself: there
+    `namespaces` is required (a `ValueError` without it). `mode="sentinel"` writes what
+    `standalone` writes.
     """
-    namespaces_key = f"{prefix}:namespaces"
+    sharded = mode == "cluster"
+    if sharded and namespaces is None:
+        raise ValueError("on a Redis Cluster the gateways' namespaces must be known")
+    if history is None and namespaces is not None:
+        history = namespaces.history.keys()
     batch = []
     for publish in publishes:
         messages = []
         for destination in publish.destinations:
-            topic = _topic(prefix, destination)
+            topic = _topic(prefix, destination, sharded)
             payload = _envelope(destination, publish, timestamp)
             if destination.kind != "channel":
-                messages.append(Message(None, False, ("PUBLISH", topic, payload)))
+                messages.append(Message(None, False, ("PUBLISH", topic, payload), topic))
                 continue
             channel = destination.name
-            ns = namespace(channel)
             key = publish.idempotency_key
-            if key is None and history is not None and ns not in history:
-                messages.append(Message(channel, False, ("PUBLISH", topic, payload)))
+            if key is None and history is not None and namespace(channel) not in history:
+                publish_command = "SPUBLISH" if sharded else "PUBLISH"
+                messages.append(Message(channel, False, (publish_command, topic, payload), topic))
                 continue
-            command = (
-                "EVALSHA",
-                SCRIPT_SHA1,
-                "4",
-                f"{prefix}:{{{channel}}}:stream",
-                f"{prefix}:{{{channel}}}:meta",
-                namespaces_key,
-                "" if key is None else f"{prefix}:{{{channel}}}:idem:{key}",
-                topic,
-                payload,
-                ns,
-                # The idempotency window and the namespace's policy: the script reads both
-                # from the namespaces hash, where the gateways wrote them.
-                "",
-                "",
-            )
-            messages.append(Message(channel, True, command))
+            cluster = namespaces if sharded else None
+            command = _script_call(prefix, channel, topic, payload, key, cluster)
+            messages.append(Message(channel, True, command, topic))
         batch.append(messages)
     return batch
 
 
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def pipelines(messages: Sequence[Message], mode: RedisMode = "standalone") -> list[list[int]]:
+    """The indexes of `messages` in pipelines, as `Publisher::groups` of the Rust crate: one
+    with all of them, or in `mode="cluster"` one per hash slot of their topics (a channel's
+    topic is in the slot of its history keys), in the order of each one's first message, each
+    in the messages' order."""
+    if mode != "cluster":
+        return [list(range(len(messages)))] if messages else []
+    slots: dict[int, list[int]] = {}
+    for index, message in enumerate(messages):
+        # dicts keep their keys in the order first set: that of each group's first message.
+        slots.setdefault(key_slot(message.topic.encode("utf-8")), []).append(index)
+    return list(slots.values())
 
 
 def history_namespaces(policies: Mapping[Any, Any]) -> frozenset[str]:
@@ -344,11 +468,7 @@ def history_namespaces(policies: Mapping[Any, Any]) -> frozenset[str]:
 
     Fields starting with `:` are settings (`:idempotency_window_ms`), never namespaces.
     """
-    return frozenset(
-        _text(field)
-        for field, policy in policies.items()
-        if not _text(field).startswith(":") and not _text(policy).startswith("0 ")
-    )
+    return frozenset(read_namespaces(policies).history)
 
 
 @dataclass(frozen=True)
